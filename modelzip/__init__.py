@@ -1,0 +1,27 @@
+"""modelzip: zip for neural networks.
+
+    import modelzip
+    data = modelzip.load_data("mnist5k")
+    model = modelzip.build("lenet-300-100")
+    result = modelzip.compress(model, data, "deep-compression", pretrained=False, out="lenet.mzip")
+    same = modelzip.load("lenet.mzip")
+"""
+from .data import DataBundle, load_data
+from .errors import ChecksumError, ConfigError, DataError, FormatError, ModelError, ModelzipError, TruncatedError
+from .io import dumps, header, load, loads, save
+from .layers import strip
+from .models import build
+from .pipeline import Compressed, compress
+from .prune import PruneConfig, iterative_prune, prune_
+from .quantize import QuantizeConfig, quantize_, trained_quantization
+from .recipes import Recipe, load_recipe
+from .train import TrainConfig, evaluate, fit, predict
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChecksumError", "Compressed", "ConfigError", "DataBundle", "DataError", "FormatError", "ModelError",
+    "ModelzipError", "PruneConfig", "QuantizeConfig", "Recipe", "TrainConfig", "TruncatedError", "build",
+    "compress", "dumps", "evaluate", "fit", "header", "iterative_prune", "load", "load_data", "load_recipe",
+    "loads", "predict", "prune_", "quantize_", "save", "strip", "trained_quantization",
+]

@@ -1,0 +1,134 @@
+"""The `modelzip` command: a thin layer over the Python API (parse, call, print)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from . import io
+from .atomic import atomic_write
+from .data import load_data
+from .errors import ModelzipError
+from .models import build
+from .pipeline import compress
+from .recipes import built_in, load_recipe
+from .report import print_report, write_report
+from .train import TrainConfig, evaluate, fit
+
+DATA_HELP = "data set: mnist5k (built in, default), digits, mnist:DIR, idx:DIR; '@N' keeps N training examples"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ModelzipError as exc:
+        print(f"modelzip: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _demo(args: argparse.Namespace) -> int:
+    torch.manual_seed(0)
+    data = load_data(args.data)
+    model = build("lenet-300-100", data.input_shape, data.num_classes)
+    out = Path(args.out_dir)
+    result = compress(model, data, "deep-compression", pretrained=False, out=out / "lenet-300-100.mzip")
+    write_report(result.report, out / "lenet-300-100.json")
+    print_report(result.report)
+    print(f"wrote {out / 'lenet-300-100.mzip'} and {out / 'lenet-300-100.json'}")
+    return 0
+
+
+def _compress(args: argparse.Namespace) -> int:
+    torch.manual_seed(args.seed)
+    data = load_data(args.data, seed=args.seed)
+    model = build(args.model, data.input_shape, data.num_classes, weights=args.weights)
+    result = compress(model, data, load_recipe(args.recipe), pretrained=args.weights is not None, out=args.out)
+    if args.report:
+        write_report(result.report, args.report)
+    print_report(result.report)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    torch.manual_seed(args.seed)
+    data = load_data(args.data, seed=args.seed)
+    model = build(args.model, data.input_shape, data.num_classes)
+    fit(model, data.train, TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed), test=data.test)
+    atomic_write(args.out, lambda f: torch.save(model.state_dict(), f))
+    print(f"test accuracy {evaluate(model, data.test):.2%}; wrote {args.out}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    model = io.load(args.file, allow_import=args.allow_import)
+    data = load_data(args.data)
+    print(f"{args.file}: accuracy {evaluate(model, data.test):.2%} on {len(data.test):,} test examples of {data.name}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    header = io.header(args.file)
+    if args.json:
+        print(json.dumps(header, indent=2))
+        return 0
+    console = Console()
+    console.print({k: v for k, v in header["meta"].items()})
+    for name, entry in header["tensors"].items():
+        details = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("sections",))
+        console.print(f"[bold]{name}[/bold]: {details}")
+    console.print(f"{Path(args.file).stat().st_size:,} bytes, {len(header['sections'])} sections")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelzip", description="Make neural networks small: prune, "
+                                     "quantize, Huffman-code and distill PyTorch models into .mzip files.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="train LeNet-300-100 on the built-in digits and compress it")
+    demo.add_argument("--data", default="mnist5k", help=DATA_HELP)
+    demo.add_argument("--out-dir", default=".", help="where to write lenet-300-100.mzip and .json")
+    demo.set_defaults(run=_demo)
+
+    comp = commands.add_parser("compress", help="compress a model with a recipe into a .mzip file")
+    comp.add_argument("--model", required=True, help="built-in name (lenet-300-100, lenet-5, mlp-800-800, "
+                      "mlp-1200-1200) or package.module:function returning an nn.Module")
+    comp.add_argument("--weights", help="state_dict file (torch.save); without it the recipe trains the model")
+    comp.add_argument("--data", default="mnist5k", help=DATA_HELP)
+    comp.add_argument("--recipe", default="deep-compression",
+                      help=f"built-in recipe ({', '.join(built_in())}) or a YAML file")
+    comp.add_argument("--out", required=True, help="the .mzip file to write")
+    comp.add_argument("--report", help="write the JSON report here")
+    comp.add_argument("--seed", type=int, default=0)
+    comp.set_defaults(run=_compress)
+
+    train = commands.add_parser("train", help="train a model and save its state_dict (input for compress)")
+    train.add_argument("--model", required=True)
+    train.add_argument("--data", default="mnist5k", help=DATA_HELP)
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", required=True, help="the .pt file to write")
+    train.set_defaults(run=_train)
+
+    ev = commands.add_parser("eval", help="accuracy of the model decoded from a .mzip file")
+    ev.add_argument("file")
+    ev.add_argument("--data", default="mnist5k", help=DATA_HELP)
+    ev.add_argument("--allow-import", action="store_true", help="allow importing the user code the file names")
+    ev.set_defaults(run=_eval)
+
+    ins = commands.add_parser("inspect", help="header, per-tensor encodings and sizes, without decoding weights")
+    ins.add_argument("file")
+    ins.add_argument("--json", action="store_true", help="print the raw header as JSON")
+    ins.set_defaults(run=_inspect)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Per-tensor encodings: each tensor becomes a JSON-able entry plus a few byte sections.
+
+The encoder tries every encoding that applies and keeps the smallest, so a pruned and quantized
+weight matrix gets Deep Compression's full pipeline (Han et al. 2016: codebook + Huffman-coded
+indices + relative sparse indices) while a small random bias simply stays raw.
+
+    encoding     sections (in order)                    applies to
+    raw          raw                                    every supported dtype
+    dense        codebook, value (Huffman indices)      float, <= 256 distinct bit patterns
+    sparse       codebook, index (Huffman gaps), value  as dense, and contains +0.0
+    sparse-raw   index (Huffman gaps), value (raw)      float containing +0.0
+
+Values are compared by bit pattern, never by float equality, so -0.0 and +0.0 (and NaN payloads)
+stay distinct and every round trip is bit-exact. "Zero" below always means the +0.0 pattern.
+The codebook is sorted by bit pattern, which puts +0.0 (all zero bits) at index 0.
+"""
+
+import json
+import math
+import sys
+from collections.abc import Callable
+
+import numpy as np
+
+from modelzip.codec import huffman
+from modelzip.codec.sparse import absolute_positions, relative_indices
+from modelzip.errors import FormatError
+
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "raw": ("raw",),
+    "dense": ("codebook", "value"),
+    "sparse": ("codebook", "index", "value"),
+    "sparse-raw": ("index", "value"),
+}
+"""Section roles of each encoding; the entry records each section's size as `<role>_bytes`."""
+
+DTYPES = frozenset(
+    ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
+    + ["float16", "float32", "float64", "complex64", "complex128"]
+)
+MAX_CODEBOOK = 256  # codebook indices are Huffman-coded as bytes
+INDEX_BITS = range(1, 9)  # the paper fixes 5 (fc) or 8 (conv); searching is cheap and never worse
+
+Entry = dict
+Candidate = tuple[Entry, list[bytes]]
+
+
+def encode_tensor(array: np.ndarray) -> Candidate:
+    """Encode `array` with the encoding that gives the fewest bytes: (entry, sections)."""
+    array = np.asarray(array)
+    if array.dtype.name not in DTYPES:
+        raise ValueError(f"unsupported dtype {array.dtype} (supported: {', '.join(sorted(DTYPES))})")
+    flat = np.ascontiguousarray(array.reshape(-1), dtype=array.dtype.newbyteorder("<"))  # (count,)
+    nonzero_rows = flat.view(np.uint8).reshape(flat.size, flat.itemsize).any(axis=1)
+    base = {
+        "dtype": array.dtype.name,
+        "shape": list(array.shape),
+        "count": flat.size,
+        "nonzero": int(np.count_nonzero(nonzero_rows)),
+    }
+    candidates = [_entry(base, "raw", [flat.tobytes()])]
+    if flat.dtype.kind == "f" and flat.size:
+        patterns = flat.view(f"<u{flat.itemsize}")  # (count,) bit patterns
+        candidates += _quantized(base, patterns)
+        if _sparse_raw_may_win(base, flat.itemsize):
+            candidates.append(_sparse_raw(base, flat, patterns))
+    return min(candidates, key=_cost)
+
+
+def _entry(base: Entry, encoding: str, sections: list[bytes], **fields: int) -> Candidate:
+    sizes = {f"{role}_bytes": len(section) for role, section in zip(SECTIONS[encoding], sections)}
+    return {"encoding": encoding, **base, **fields, **sizes}, sections
+
+
+def _cost(candidate: Candidate) -> int:
+    """Bytes the candidate adds to the file: its sections plus (uncompressed) JSON entry."""
+    entry, sections = candidate
+    return sum(map(len, sections)) + len(json.dumps(entry, separators=(",", ":")))
+
+
+def _quantized(base: Entry, patterns: np.ndarray) -> list[Candidate]:
+    """Dense and (if +0.0 occurs) sparse codebook encodings, when <= 256 distinct patterns."""
+    codebook, inverse = np.unique(patterns, return_inverse=True)  # sorted: +0.0 first
+    if codebook.size > MAX_CODEBOOK:
+        return []
+    inverse = inverse.reshape(-1)  # (count,) codebook index of every element
+    fields = {"codebook_size": codebook.size, "value_bits_fixed": (codebook.size - 1).bit_length()}
+    codebook_bytes = codebook.tobytes()  # the bit patterns' bytes are the values' bytes
+    dense = _entry(base, "dense", [codebook_bytes, huffman.encode(inverse)], **fields)
+    if codebook[0] != 0:
+        return [dense]
+    sparse = _best_sparse(
+        base, "sparse", np.flatnonzero(inverse), fields,
+        lambda gaps, at: [codebook_bytes, huffman.encode(gaps), huffman.encode(inverse[at])],
+    )  # fmt: skip
+    return [dense, sparse]
+
+
+def _sparse_raw_may_win(base: Entry, itemsize: int) -> bool:
+    """Whether sparse-raw applies (+0.0 occurs) and can beat raw: every stored value costs its
+    bytes plus at least one Huffman-coded gap bit. Skips a hopeless index-width search."""
+    has_zero = base["nonzero"] < base["count"]
+    return has_zero and base["nonzero"] * (itemsize + 1 / 8) < base["count"] * itemsize
+
+
+def _sparse_raw(base: Entry, flat: np.ndarray, patterns: np.ndarray) -> Candidate:
+    """Pruned but not quantized: Huffman-coded gaps plus the entries' raw values."""
+    return _best_sparse(
+        base, "sparse-raw", np.flatnonzero(patterns), {},
+        lambda gaps, at: [huffman.encode(gaps), flat[at].tobytes()],
+    )  # fmt: skip
+
+
+def _best_sparse(
+    base: Entry,
+    encoding: str,
+    positions: np.ndarray,
+    fields: dict[str, int],
+    sections: Callable[[np.ndarray, np.ndarray], list[bytes]],
+) -> Candidate:
+    """Try every gap width; keep the one with the fewest bytes."""
+    options = []
+    for index_bits in INDEX_BITS:
+        gaps, at = relative_indices(positions, index_bits)
+        counts = {"index_bits": index_bits, "entries": gaps.size, "fillers": gaps.size - positions.size}
+        options.append(_entry(base, encoding, sections(gaps, at), **fields, **counts))
+    return min(options, key=_cost)
+
+
+def decode_tensor(entry: Entry, sections: list[bytes]) -> np.ndarray:
+    """Rebuild the exact array (dtype, shape, bits) from an entry and its sections.
+
+    Validates everything the decoders rely on, so bad input raises FormatError, never an
+    IndexError or a silently wrong shape. Extra entry keys (e.g. the container's) are ignored.
+    """
+    if not isinstance(entry, dict):
+        raise FormatError(f"tensor entry must be a JSON object, found {type(entry).__name__}")
+    encoding = entry.get("encoding")
+    if not isinstance(encoding, str) or encoding not in SECTIONS:
+        raise FormatError(f"unknown tensor encoding {encoding!r} (known: {', '.join(SECTIONS)})")
+    name = entry.get("dtype")
+    if not isinstance(name, str) or name not in DTYPES:
+        raise FormatError(f"unsupported dtype {name!r} in tensor entry")
+    dtype = np.dtype(name)
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise FormatError(f"tensor shape must be a list of non-negative ints, found {shape!r}")
+    count = _field(entry, "count", high=sys.maxsize // dtype.itemsize)
+    if math.prod(shape) != count:
+        raise FormatError(f"tensor shape {shape} has {math.prod(shape)} elements but count is {count}")
+    roles = SECTIONS[encoding]
+    if len(sections) != len(roles):
+        needs = f"{len(roles)} sections ({', '.join(roles)})"
+        raise FormatError(f"{encoding} tensor needs {needs}, got {len(sections)}")
+    for role, section in zip(roles, sections):
+        if _field(entry, f"{role}_bytes") != len(section):
+            raise FormatError(f"{role} section is {len(section)} bytes, entry says {entry[f'{role}_bytes']}")
+    flat = _DECODERS[encoding](entry, dict(zip(roles, sections)), dtype, count)  # (count,)
+    return flat.reshape(shape)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _field(entry: Entry, key: str, low: int = 0, high: int = sys.maxsize) -> int:
+    value = entry.get(key)
+    if not _is_int(value) or not low <= value <= high:
+        raise FormatError(f"tensor entry key {key!r} must be an int in [{low}, {high}], found {value!r}")
+    return value
+
+
+def _values(section: bytes, dtype: np.dtype, count: int, what: str) -> np.ndarray:
+    """`count` little-endian values from a section, as a new native-order array."""
+    needed = count * dtype.itemsize
+    if len(section) != needed:
+        raise FormatError(f"{what} is {len(section)} bytes, {count} {dtype.name} values need {needed}")
+    return np.frombuffer(section, dtype=dtype.newbyteorder("<")).astype(dtype)
+
+
+def _codebook_lookup(entry: Entry, sections: dict[str, bytes], dtype: np.dtype, count: int) -> np.ndarray:
+    """Decode `count` Huffman-coded codebook indices and look their values up."""
+    size = _field(entry, "codebook_size", 1, MAX_CODEBOOK)
+    codebook = _values(sections["codebook"], dtype, size, "codebook")  # (size,)
+    indices = huffman.decode(sections["value"], count)  # (count,) uint8
+    if count and int(indices.max()) >= size:
+        raise FormatError(f"codebook index {int(indices.max())} out of range for a codebook of {size}")
+    return codebook[indices]
+
+
+def _decode_raw(entry: Entry, sections: dict[str, bytes], dtype: np.dtype, count: int) -> np.ndarray:
+    return _values(sections["raw"], dtype, count, "raw section")
+
+
+def _decode_sparse(entry: Entry, sections: dict[str, bytes], dtype: np.dtype, count: int) -> np.ndarray:
+    entries = _field(entry, "entries", high=count)
+    if entry["encoding"] == "sparse":
+        values = _codebook_lookup(entry, sections, dtype, entries)
+    else:
+        values = _values(sections["value"], dtype, entries, "value section")
+    positions = absolute_positions(huffman.decode(sections["index"], entries))  # (entries,)
+    if entries and positions[-1] >= count:
+        raise FormatError(f"sparse indices reach position {positions[-1]} in a tensor of {count} elements")
+    out = np.zeros(count, dtype=dtype)
+    out[positions] = values
+    return out
+
+
+_DECODERS = {
+    "raw": _decode_raw,
+    "dense": _codebook_lookup,
+    "sparse": _decode_sparse,
+    "sparse-raw": _decode_sparse,
+}

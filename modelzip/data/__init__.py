@@ -1,0 +1,9 @@
+"""Data sets for training and evaluating compressed models: loading, IDX files, splits and batches."""
+
+from modelzip.data.batching import batches
+from modelzip.data.bundle import DataBundle
+from modelzip.data.idx import read_idx, write_idx
+from modelzip.data.sources import load_data
+from modelzip.data.subsets import split
+
+__all__ = ["DataBundle", "batches", "load_data", "read_idx", "split", "write_idx"]

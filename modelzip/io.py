@@ -1,0 +1,106 @@
+"""save / load / dumps / loads: an nn.Module to and from the .mzip format (no pickle anywhere).
+
+The file holds the module's state_dict, each tensor in its smallest encoding (see modelzip.codec),
+and an `arch` record saying how to rebuild the module, so `load(path)` needs nothing else.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import codec
+from .atomic import atomic_write
+from .errors import FormatError, ModelError
+from .layers import parameter_count, plain_state_dict
+from .models import arch_of, rebuild
+
+FORMAT_NAME = "modelzip"
+
+
+def dumps(model: nn.Module, *, arch: dict[str, Any] | None = None, meta: dict[str, Any] | None = None) -> bytes:
+    """The .mzip bytes of `model` (parametrizations baked in; the model itself is left untouched).
+
+    `arch` says how to rebuild the module (default: the record `modelzip.models.build` attached);
+    `meta` is any JSON object to keep in the header (data set, accuracy, recipe, ...).
+    """
+    tensors = {}
+    for name, tensor in plain_state_dict(model).items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ModelError(f"tensor {name!r} holds NaN or infinite values; refusing to save a broken model")
+        tensors[name] = tensor.detach().cpu().contiguous().numpy()
+    header = {"format": FORMAT_NAME, "arch": arch if arch is not None else arch_of(model), **(meta or {})}
+    return codec.dumps(tensors, header)
+
+
+def save(model: nn.Module, path: str | Path, *, arch: dict[str, Any] | None = None,
+         meta: dict[str, Any] | None = None) -> int:
+    """Write `model` to `path` atomically (a crash never leaves half a file); returns the bytes written."""
+    data = dumps(model, arch=arch, meta=meta)
+    atomic_write(path, lambda f: f.write(data))
+    return len(data)
+
+
+def loads(data: bytes, model: nn.Module | None = None, *, allow_import: bool = False) -> nn.Module:
+    """The module stored in `data`: rebuilt from its `arch` record, or loaded into `model` if given.
+
+    Rebuilding imports user code only with `allow_import=True` (built-in models need no import).
+    """
+    meta, arrays = codec.loads(data)
+    state = {name: torch.from_numpy(a if a.flags.writeable else a.copy()) for name, a in arrays.items()}
+    if model is None:
+        arch = meta.get("arch")
+        if not isinstance(arch, dict):
+            raise ModelError("the file records no architecture to rebuild; pass the module to load into")
+        # build on the meta device: no time spent initialising weights that are overwritten at once
+        model = rebuild(arch, allow_import=allow_import, device="meta")
+        _assign(model, state)
+        if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+            model = rebuild(arch, allow_import=allow_import)  # it has state outside the state_dict
+            _assign(model, state)
+    else:
+        _assign(model, state)
+    return model.eval()
+
+
+def load(path: str | Path, model: nn.Module | None = None, *, allow_import: bool = False) -> nn.Module:
+    """Read a .mzip file written by `save`; see `loads`."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise FormatError(f"{path} is a directory, not a .mzip file") from None
+    return loads(data, model, allow_import=allow_import)
+
+
+def header(path: str | Path) -> dict[str, Any]:
+    """The parsed header of a .mzip file (encodings, sizes, meta) without decoding any weights."""
+    return codec.read_header(path)
+
+
+def _assign(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise ModelError(f"the stored tensors do not fit the model: {exc}") from None
+
+
+def dense_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters as dense fp32: the baseline every compression ratio divides."""
+    return 4 * parameter_count(model)
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """True when the two modules' state_dicts are bit-identical (same names, shapes and bytes)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and sa[k].dtype == sb[k].dtype
+        and np.array_equal(_bytes(sa[k]), _bytes(sb[k])) for k in sa)
+
+
+def _bytes(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().contiguous().numpy().reshape(-1).view(np.uint8)

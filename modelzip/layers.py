@@ -1,0 +1,144 @@
+"""Which weights of which layers can be compressed, and the prepare/strip mechanics shared by methods.
+
+Methods attach to weights through `torch.nn.utils.parametrize` (a mask, shared centroids, ...), so
+any nn.Module subclass works and training needs no special code; `strip` bakes the result into a
+plain module. A custom layer opts in by naming its weights in a `modelzip_weights` attribute
+(e.g. `modelzip_weights = ("weight",)`) and, optionally, its `modelzip_kind` ("linear" or "conv").
+"""
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .errors import ConfigError, ModelError
+
+COMPRESSIBLE: dict[type[nn.Module], tuple[str, tuple[str, ...]]] = {
+    # layer type: (kind used to pick per-type settings, the names of its compressible weights)
+    nn.Linear: ("linear", ("weight",)),
+    nn.Bilinear: ("linear", ("weight",)),
+    nn.Embedding: ("linear", ("weight",)),
+    nn.Conv1d: ("conv", ("weight",)),
+    nn.Conv2d: ("conv", ("weight",)),
+    nn.Conv3d: ("conv", ("weight",)),
+    nn.ConvTranspose2d: ("conv", ("weight",)),
+}
+EXTENSION_HINT = ("register the layer type in modelzip.layers.COMPRESSIBLE, or give the class a "
+                  "`modelzip_weights` tuple of weight names")
+
+V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One compressible weight: module `name` (as in named_modules), the parameter, and its kind."""
+
+    name: str
+    module: nn.Module
+    param: str
+    kind: str
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return getattr(self.module, self.param)
+
+
+def targets(model: nn.Module) -> list[Target]:
+    """Every compressible weight of `model`, in module order."""
+    found = []
+    for name, module in model.named_modules():
+        kind_params = _kind_params(module)
+        if kind_params:
+            kind, params = kind_params
+            found.extend(Target(name, module, p, kind) for p in params)
+    if not found:
+        raise ModelError(f"{type(model).__name__} has no compressible layers; {EXTENSION_HINT}")
+    return found
+
+
+def per_target(model: nn.Module, found: list[Target], default: Mapping[str, V] | V,
+               overrides: Mapping[str, V] | None) -> dict[Target, V]:
+    """A setting for every target: the per-kind (or single) default, then name-pattern overrides.
+
+    Override keys are fnmatch patterns on module names ("fc3", "conv*"). A pattern matching no
+    compressible layer is a mistake worth an error: the user meant something that will not happen.
+    """
+    values: dict[Target, V] = {}
+    for t in found:
+        if isinstance(default, Mapping):
+            if t.kind not in default:
+                raise ConfigError(f"no setting for {t.kind} layers (layer {t.name!r}); give one for {t.kind!r}")
+            values[t] = default[t.kind]
+        else:
+            values[t] = default
+    modules = dict(model.named_modules())
+    for pattern, value in (overrides or {}).items():
+        hits = [t for t in found if fnmatch.fnmatchcase(t.name, pattern)]
+        if not hits:
+            plain = [n for n in modules if n and fnmatch.fnmatchcase(n, pattern)]
+            if plain:
+                raise ModelError(f"layer {plain[0]!r} ({type(modules[plain[0]]).__name__}) is not compressible; "
+                                 f"{EXTENSION_HINT}")
+            raise ConfigError(f"layer pattern {pattern!r} matches no compressible layer "
+                              f"(they are: {', '.join(t.name for t in found)})")
+        for t in hits:
+            values[t] = value
+    return values
+
+
+def parametrization(target: Target, kind: type[nn.Module]) -> nn.Module | None:
+    """The parametrization of type `kind` attached to the target's weight, if any."""
+    if not parametrize.is_parametrized(target.module, target.param):
+        return None
+    return next((p for p in target.module.parametrizations[target.param] if isinstance(p, kind)), None)
+
+
+def strip(model: nn.Module) -> nn.Module:
+    """Bake every parametrization (masks, shared centroids) into plain weights, in place; returns model."""
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module):
+            for name in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return model
+
+
+def _kind_params(module: nn.Module) -> tuple[str, tuple[str, ...]] | None:
+    declared = getattr(module, "modelzip_weights", None)
+    if declared is not None:
+        return getattr(module, "modelzip_kind", "linear"), tuple(declared)
+    for cls in type(module).__mro__:
+        if cls in COMPRESSIBLE:
+            return COMPRESSIBLE[cls]
+    return None
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state_dict `strip(model)` would have, without touching `model`.
+
+    Parametrized weights appear under their plain names with their current (masked, shared) values;
+    the parametrizations' own state (masks, codes, centroids) is dropped. Stripping a deep copy is no
+    substitute: a copy shares its parametrized class with the original, and stripping it would break
+    the original's weight property.
+    """
+    state: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        owner, marker, rest = key.rpartition("parametrizations.")
+        if not marker:
+            state[key] = value
+            continue
+        param, _, tail = rest.partition(".")
+        if tail == "original":
+            state[owner + param] = getattr(model.get_submodule(owner.rstrip(".")), param).detach()
+    return state
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of parameters `strip(model)` would have (a parametrization's extra state not counted)."""
+    names = {n.replace("parametrizations.", "").removesuffix(".original") for n, _ in model.named_parameters()
+             if "parametrizations." not in n or n.endswith(".original")}
+    return sum(t.numel() for k, t in plain_state_dict(model).items() if k in names)

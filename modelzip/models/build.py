@@ -1,0 +1,96 @@
+"""Build a model from a name or `package.module:function`, and record how, so a .mzip can rebuild it.
+
+The recipe for rebuilding is a small JSON object (`arch`) stored on the module as `modelzip_arch`
+and written into the .mzip header: `{"name": "lenet-5", "kwargs": {...}}` for built-in networks or
+`{"import": "pkg.mod:fn"}` for user code. Importing user code named in a file runs that code, so
+`rebuild` does it only when the caller allows it (the file itself never carries code).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from .reference import MODELS
+
+ARCH_ATTR = "modelzip_arch"
+
+
+def build(spec: str, input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10,
+          weights: str | Path | None = None) -> nn.Module:
+    """A model from a built-in name (sized for the data) or `pkg.mod:fn`, with optional state_dict file."""
+    if ":" in spec:
+        arch: dict[str, Any] = {"import": spec}
+    else:
+        arch = {"name": spec, "kwargs": {"input_shape": list(input_shape), "num_classes": num_classes}}
+    model = rebuild(arch, allow_import=True)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def rebuild(arch: dict[str, Any], *, allow_import: bool = False, device: str | torch.device | None = None
+            ) -> nn.Module:
+    """Construct the module an `arch` record describes (on `device`, e.g. "meta" to skip initialisation)."""
+    builder, kwargs = _builder(arch, allow_import)
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = builder(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{arch} returned {type(model).__name__}, not a torch.nn.Module")
+    setattr(model, ARCH_ATTR, arch)
+    return model
+
+
+def arch_of(model: nn.Module) -> dict[str, Any] | None:
+    """The rebuild record of a model made by `build`, or None for a model built elsewhere."""
+    return getattr(model, ARCH_ATTR, None)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a plain state_dict file (torch.save of `model.state_dict()`), safely (weights_only)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelError(f"weights file {path} does not exist") from None
+    except Exception as exc:  # torch raises several types for corrupt or non-tensor files
+        raise ModelError(f"cannot read weights file {path}: {exc}") from None
+    if not isinstance(state, dict):
+        raise ModelError(f"weights file {path} holds a {type(state).__name__}, not a state_dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"weights file {path} does not fit the model: {exc}") from None
+
+
+def _builder(arch: dict[str, Any], allow_import: bool) -> tuple[Callable[..., Any], dict[str, Any]]:
+    if "name" in arch:
+        kwargs = dict(arch.get("kwargs", {}))
+        if "input_shape" in kwargs:
+            kwargs["input_shape"] = tuple(kwargs["input_shape"])
+        return MODELS.get(arch["name"]), kwargs
+    if "import" in arch:
+        ref = arch["import"]
+        if not allow_import:
+            raise ModelError(f"the model is user code ({ref}); pass allow_import=True (CLI: --allow-import) "
+                             "to import and run it, or pass the model to load into")
+        return _import(ref), {}
+    raise ModelError(f"model record {arch} has neither 'name' nor 'import'")
+
+
+def _import(ref: str) -> Callable[..., Any]:
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise ModelError(f"model reference {ref!r} must look like package.module:function")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"cannot import model {ref!r}: {exc}") from None
+    if not callable(fn):
+        raise ModelError(f"model reference {ref!r} is not callable")
+    return fn

@@ -1,0 +1,82 @@
+"""The reference networks of the papers modelzip reproduces.
+
+Layers carry the papers' names (fc1, conv1, ...) so recipes and reports can address them.
+Every builder takes the data's `input_shape` (C, H, W) and `num_classes`, so the same network
+runs on MNIST (1, 28, 28) or scikit-learn's digits (1, 8, 8).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from math import prod
+
+from torch import nn
+
+from ..errors import ModelError
+from ..registry import Registry
+
+MODELS: Registry = Registry("model", ModelError)
+
+
+def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...],
+        dropout: float = 0.0, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """A fully connected ReLU network; `dropout` (applied after each hidden layer) for teachers."""
+    layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
+    width = prod(input_shape)
+    for i, h in enumerate(hidden, start=1):
+        layers[f"fc{i}"] = nn.Linear(width, h)
+        layers[f"act{i}"] = activation()
+        if dropout:
+            layers[f"drop{i}"] = nn.Dropout(dropout)
+        width = h
+    layers[f"fc{len(hidden) + 1}"] = nn.Linear(width, num_classes)
+    return nn.Sequential(layers)
+
+
+@MODELS.register("lenet-300-100")
+def lenet_300_100(input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10) -> nn.Sequential:
+    """LeNet-300-100 (LeCun et al. 1998), the MLP of Deep Compression's Table 2: 266,610 parameters."""
+    return mlp(input_shape, num_classes, (300, 100))
+
+
+@MODELS.register("mlp-1200-1200")
+def mlp_1200_1200(input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10,
+                  dropout: float = 0.0) -> nn.Sequential:
+    """The distillation paper's MNIST teacher, 784-1200-1200-10 (trained there with dropout)."""
+    return mlp(input_shape, num_classes, (1200, 1200), dropout)
+
+
+@MODELS.register("mlp-800-800")
+def mlp_800_800(input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10,
+                dropout: float = 0.0) -> nn.Sequential:
+    """The distillation paper's MNIST student, 784-800-800-10."""
+    return mlp(input_shape, num_classes, (800, 800), dropout)
+
+
+@MODELS.register("lenet-5")
+def lenet_5(input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10) -> nn.Sequential:
+    """LeNet-5 as in Caffe's examples: conv 20@5x5, pool, conv 50@5x5, pool, fc 500, fc 10 (431,080 params).
+
+    Caffe's variant has no activation between the convolutions; ReLU sits only after fc1.
+    """
+    channels, height, width = _image_shape(input_shape)
+    side = min(height, width)
+    if side < 16:
+        raise ModelError(f"lenet-5 needs images of at least 16x16 pixels, got {height}x{width}")
+    flat_h, flat_w = ((height - 4) // 2 - 4) // 2, ((width - 4) // 2 - 4) // 2
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(channels, 20, 5),
+        pool1=nn.MaxPool2d(2),
+        conv2=nn.Conv2d(20, 50, 5),
+        pool2=nn.MaxPool2d(2),
+        flatten=nn.Flatten(),
+        fc1=nn.Linear(50 * flat_h * flat_w, 500),
+        act1=nn.ReLU(),
+        fc2=nn.Linear(500, num_classes),
+    ))
+
+
+def _image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise ModelError(f"a convolutional model needs (channels, height, width) inputs, got {input_shape}")
+    c, h, w = input_shape
+    return c, h, w

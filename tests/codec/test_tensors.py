@@ -1,0 +1,163 @@
+"""Per-tensor encodings: choice of encoding, exact round trips, entry keys, validation."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from modelzip.codec.tensors import DTYPES, decode_tensor, encode_tensor
+from modelzip.errors import FormatError
+
+COMMON = {"encoding", "dtype", "shape", "count", "nonzero"}
+KEYS = {
+    "raw": COMMON | {"raw_bytes"},
+    "dense": COMMON | {"codebook_size", "value_bits_fixed", "codebook_bytes", "value_bytes"},
+    "sparse": COMMON
+    | {"codebook_size", "value_bits_fixed", "index_bits", "entries", "fillers"}
+    | {"codebook_bytes", "index_bytes", "value_bytes"},
+    "sparse-raw": COMMON | {"index_bits", "entries", "fillers", "index_bytes", "value_bytes"},
+}
+
+
+def round_trip(array: np.ndarray) -> dict:
+    entry, sections = encode_tensor(array)
+    out = decode_tensor(entry, sections)
+    assert out.dtype == array.dtype and out.shape == array.shape
+    assert out.tobytes() == np.ascontiguousarray(array).tobytes()
+    assert set(entry) == KEYS[entry["encoding"]]
+    return entry
+
+
+@pytest.fixture(scope="module")
+def examples(make_pruned) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    pruned = rng.normal(size=(200, 100)).astype(np.float32)
+    pruned[rng.random(pruned.shape) < 0.95] = 0
+    return {
+        "raw": rng.normal(size=(50, 40)).astype(np.float32),
+        "dense": rng.choice(np.linspace(-1, 1, 16, dtype=np.float32), size=(100, 100)),
+        "sparse": make_pruned(rng, (300, 200), 0.1),
+        "sparse-raw": pruned,
+    }
+
+
+@pytest.mark.parametrize("encoding", list(KEYS))
+def test_chosen_encoding_and_keys(examples, encoding):
+    array = examples[encoding]
+    entry = round_trip(array)
+    assert entry["encoding"] == encoding
+    assert entry["count"] == array.size and entry["shape"] == list(array.shape)
+    assert entry["nonzero"] == np.count_nonzero(array)
+    if "entries" in entry:
+        assert entry["entries"] == entry["nonzero"] + entry["fillers"]
+        assert 1 <= entry["index_bits"] <= 8
+    if "codebook_size" in entry:
+        assert entry["codebook_size"] == np.unique(array).size
+        assert entry["value_bits_fixed"] == int(np.ceil(np.log2(entry["codebook_size"])))
+
+
+def test_long_zero_runs_use_fillers(make_pruned):
+    array = make_pruned(np.random.default_rng(3), (100_000,), 0.002, levels=4)
+    entry = round_trip(array)
+    assert entry["encoding"] == "sparse" and entry["fillers"] > 0
+
+
+@pytest.mark.parametrize("name", sorted(DTYPES))
+@pytest.mark.parametrize("shape", [(), (0,), (3, 0, 2), (5,), (4, 3, 2, 2)])
+def test_every_dtype_and_shape(name, shape):
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 3, size=shape).astype(name)
+    round_trip(array)
+
+
+def test_signed_zero_and_nan_payloads_are_kept():
+    values = np.array([0.0, -0.0, 1.0, np.nan], dtype=np.float32)
+    values = np.concatenate([values, np.array([0x7FC00001], dtype=np.uint32).view(np.float32)])
+    array = np.tile(values, 50)
+    assert round_trip(array)["encoding"] in ("dense", "sparse")
+    assert round_trip(np.tile(values[:3], 40))["nonzero"] == 80  # -0.0 counts as non-zero
+
+
+@pytest.mark.parametrize(
+    "array", [np.arange(24, dtype=">f8").reshape(4, 6)[:, ::2], np.arange(30, dtype=np.int16)[::3]]
+)
+def test_big_endian_and_non_contiguous_input(array):
+    entry, sections = encode_tensor(array)
+    out = decode_tensor(entry, sections)
+    assert out.dtype == array.dtype.newbyteorder("=") and np.array_equal(out, array)
+
+
+def test_unsupported_dtype():
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        encode_tensor(np.array(["a"]))
+
+
+float_arrays = hnp.arrays(
+    dtype=st.sampled_from([np.float16, np.float32, np.float64]),
+    shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=12),
+    elements=st.sampled_from([0.0, 0.0, 0.0, -0.0, 1.5, -2.25, 1e-3, float("inf")]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(float_arrays)
+def test_round_trip_property(array):
+    round_trip(array)
+
+
+def mutate(array: np.ndarray, **changes) -> tuple[dict, list[bytes]]:
+    entry, sections = encode_tensor(array)
+    return {**entry, **changes}, sections
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"encoding": "zip"}, "unknown tensor encoding 'zip'"),
+        ({"encoding": ["sparse"]}, "unknown tensor encoding"),
+        ({"dtype": "object"}, "unsupported dtype 'object'"),
+        ({"shape": [300, -200]}, "shape must be a list of non-negative ints"),
+        ({"shape": [300, 199]}, "has 59700 elements but count is 60000"),
+        ({"count": True}, "'count' must be an int"),
+        ({"codebook_bytes": 4}, "codebook section is .* bytes, entry says 4"),
+        ({"codebook_size": 300}, "'codebook_size' must be an int in \\[1, 256\\]"),
+        ({"codebook_size": 2}, "codebook is .* bytes, 2 float32 values need 8"),
+        ({"entries": 10**9}, "'entries' must be an int in \\[0, 60000\\]"),
+        ({"entries": 100}, "Huffman stream holds more than the expected 100"),
+    ],
+)
+def test_invalid_entries(examples, changes, message):
+    entry, sections = mutate(examples["sparse"], **changes)
+    with pytest.raises(FormatError, match=message):
+        decode_tensor(entry, sections)
+
+
+def test_invalid_sections(examples):
+    entry, sections = encode_tensor(examples["sparse"])
+    with pytest.raises(FormatError, match="needs 3 sections"):
+        decode_tensor(entry, sections[:2])
+    with pytest.raises(FormatError, match="must be a JSON object"):
+        decode_tensor([entry], sections)
+
+
+def test_codebook_index_out_of_range():
+    array = np.repeat(np.array([1.0, 2.0, 3.0], dtype=np.float32), 20)
+    entry, (codebook, values) = encode_tensor(array)
+    assert entry["encoding"] == "dense"
+    entry = {**entry, "codebook_size": 2, "codebook_bytes": 8}
+    with pytest.raises(FormatError, match="codebook index 2 out of range for a codebook of 2"):
+        decode_tensor(entry, [codebook[:8], values])
+
+
+def test_sparse_positions_beyond_the_tensor(examples):
+    entry, sections = encode_tensor(examples["sparse-raw"])
+    count = entry["count"] - 1000  # same entries, shorter tensor
+    with pytest.raises(FormatError, match="sparse indices reach position"):
+        decode_tensor({**entry, "shape": [count], "count": count}, sections)
+
+
+def test_raw_size_mismatch():
+    entry, sections = encode_tensor(np.arange(5, dtype=np.int32))
+    with pytest.raises(FormatError, match="raw section is 16 bytes, 5 int32 values need 20"):
+        decode_tensor({**entry, "raw_bytes": 16}, [sections[0][:16]])

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+import torch
+
+from modelzip.cli import main
+
+TINY = """name: tiny
+train: {epochs: 8, min_steps: 600}
+prune: {sparsity: 0.8, steps: 2, retrain: {epochs: 2, min_steps: 150}}
+quantize: {bits: 4, finetune: {epochs: 1, min_steps: 50}}
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def test_train_compress_eval_inspect(tmp_path, recipe, capsys):
+    weights, out, report = tmp_path / "w.pt", tmp_path / "m.mzip", tmp_path / "m.json"
+    assert main(["train", "--model", "lenet-300-100", "--data", "digits", "--epochs", "40", "--out", str(weights)]) == 0
+    assert set(torch.load(weights, weights_only=True)) >= {"fc1.weight", "fc3.bias"}
+    assert main(["compress", "--model", "lenet-300-100", "--weights", str(weights), "--data", "digits",
+                 "--recipe", str(recipe), "--out", str(out), "--report", str(report)]) == 0
+    rep = json.loads(report.read_text())
+    assert rep["model"] == "lenet-300-100" and rep["data"] == "digits" and rep["file_bytes"] == out.stat().st_size
+    assert rep["compression_ratio"] == pytest.approx(rep["dense_bytes"] / rep["file_bytes"])
+    assert rep["compression_ratio"] > 10 and rep["accuracy_after"] > 0.85
+    assert [layer["name"] for layer in rep["layers"]] == ["fc1", "fc2", "fc3"]
+    fc1 = rep["layers"][0]
+    assert fc1["kept_fraction"] == pytest.approx(0.2, abs=1e-3) and fc1["weight_bits_pq"] == 4
+    assert set(fc1) >= {"name", "weights", "kept_fraction", "weight_bits", "index_bits", "compression_ratio"}
+    capsys.readouterr()
+
+    assert main(["eval", str(out), "--data", "digits"]) == 0
+    assert f"accuracy {100 * rep['accuracy_after']:.2f}%" in capsys.readouterr().out
+    assert main(["inspect", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "fc1.weight" in shown and "sparse" in shown
+    assert main(["inspect", "--json", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["meta"]["recipe"] == "tiny"
+
+
+def test_errors_exit_2_with_a_message(tmp_path, capsys):
+    bad = tmp_path / "bad.mzip"
+    bad.write_bytes(b"MZIP\x01\x00garbage")
+    assert main(["eval", str(bad), "--data", "digits"]) == 2
+    assert "modelzip: error:" in capsys.readouterr().err
+    assert main(["compress", "--model", "nope", "--data", "digits", "--out", str(tmp_path / "x.mzip")]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "x.mzip").exists()
+
+
+def test_demo_writes_the_file_and_report(tmp_path, capsys):
+    assert main(["demo", "--out-dir", str(tmp_path)]) == 0
+    rep = json.loads((tmp_path / "lenet-300-100.json").read_text())
+    assert rep["file_bytes"] == (tmp_path / "lenet-300-100.mzip").stat().st_size
+    assert rep["compression_ratio"] > 40 and rep["accuracy_after"] > rep["accuracy_before"] - 0.01
+    assert "total (whole file)" in capsys.readouterr().out
