@@ -70,16 +70,18 @@ def build_report(blob: bytes, *, dense_bytes: int) -> dict[str, Any]:
 def print_report(report: dict[str, Any], console: Console | None = None) -> None:
     """The per-layer table and the totals, as a rich table on the terminal."""
     console = console or Console()
+    if not console.is_terminal:  # pipes and logs get the full table, not one squeezed to 80 columns
+        console.width = max(console.width, 110)
     table = Table(title=f"{report['model']} on {report['data']} — {report['recipe']}")
-    for column in ("layer", "weights", "kept", "weight bits P+Q", "weight bits +Huffman",
-                   "index bits P+Q", "index bits +Huffman", "bytes", "ratio"):
-        table.add_column(column, justify="left" if column == "layer" else "right")
+    for column in ("layer", "weights", "kept", "weight bits\nP+Q", "weight bits\nHuffman",
+                   "index bits\nP+Q", "index bits\nHuffman", "bytes", "ratio"):
+        table.add_column(column, justify="left" if column == "layer" else "right", no_wrap=True)
     for row in report["layers"]:
         table.add_row(row["name"], f"{row['weights']:,}", f"{row['kept_fraction']:.1%}",
                       str(row["weight_bits_pq"]), f"{row['weight_bits']:.2f}", str(row["index_bits_pq"] or "-"),
                       f"{row['index_bits']:.2f}" if row["index_bits"] else "-", f"{row['bytes']:,}",
                       f"{row['compression_ratio']:.1f}x")
-    table.add_row("total (whole file)", "", "", "", "", "", "", f"{report['file_bytes']:,}",
+    table.add_row("whole file", "", "", "", "", "", "", f"{report['file_bytes']:,}",
                   f"{report['compression_ratio']:.1f}x", style="bold")
     console.print(table)
     before, after = report.get("accuracy_before"), report.get("accuracy_after")
