@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/deep_compression.py [--data mnist:../shared/data/mnist]
 
-Both models are trained from scratch and compressed with the built-in deep-compression recipe. Writes benchmarks/results/deep_compression.json:
+Both models are trained from scratch and compressed with the built-in deep-compression recipe.
+Writes benchmarks/results/deep_compression.json:
 - "lenet-300-100", "lenet-5": the compression report of each model (the keys of `modelzip compress`);
 - "stock_route": torch.nn.utils.prune + scikit-learn KMeans + lzma of the state_dict, on the same
   trained LeNet-300-100, at the same per-layer sparsity and bits, with the same retraining epochs;
@@ -109,7 +110,7 @@ def huffman_overhead(blob: bytes) -> tuple[float, float]:
 
 def load_time_ratio(model: torch.nn.Module, path: Path, tmp: Path, repeats: int = 300) -> float:
     dense = tmp / "dense.pt"
-    torch.save(modelzip.strip(copy.deepcopy(model)).state_dict(), dense)
+    torch.save(model.state_dict(), dense)  # the trained dense model, before any compression
     ours, theirs = [], []
     for _ in range(repeats):  # interleaved, so machine noise hits both alike
         t = time.perf_counter(); modelzip.load(path); ours.append(time.perf_counter() - t)
