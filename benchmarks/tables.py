@@ -12,6 +12,12 @@ PAPER = {"lenet-300-100": ("1.64% -> 1.58%", "40x"), "lenet-5": ("0.80% -> 0.74%
 
 
 def main() -> None:
+    deep_compression()
+    print()
+    distillation()
+
+
+def deep_compression() -> None:
     dc = json.loads((RESULTS / "deep_compression.json").read_text())
     print("| model (full MNIST) | error before -> after | dense -> file | ratio | paper |")
     print("|---|---|---|---|---|")
@@ -47,6 +53,53 @@ def main() -> None:
           f"{dc['huffman_bits_over_entropy']:.4f}x the entropy per symbol "
           f"({dc['huffman_stream_bits_over_entropy']:.4f}x with the code tables). "
           f"`modelzip.load` takes {dc['load_time_ratio']:.2f}x the time of `torch.load` of the dense state_dict.")
+
+
+
+def distillation() -> None:
+    d = json.loads((RESULTS / "distillation.json").read_text())
+    n = d["test_examples"]
+    print("| MNIST, test errors of 10,000 | modelzip | paper |")
+    print("|---|---|---|")
+    for key, label, paper in (("teacher_errors", "teacher 784-1200-1200 (dropout, jitter 2 px)", 67),
+                              ("student_errors", "student 784-800-800 alone", 146),
+                              ("distilled_errors", f"student distilled at T=20", 74)):
+        print(f"| {label} | {d[key]} | {paper} |")
+    print(f"| share of the student-teacher gap closed | {100 * d['gap_closed']:.0f}% | 91% |")
+    print(f"| no 3s in the transfer set: test 3s right, before -> after bias +{d['omitted3_bias_offset']:g} "
+          f"| {100 * d['omitted3_threes_correct_before']:.1f}% -> {100 * d['omitted3_threes_correct_after']:.1f}% "
+          f"| 86.8% -> 98.6% (+3.5) |")
+    print(f"| no 3s: all test errors, before -> after | {d['omitted3_errors_before']} -> {d['omitted3_errors_after']} "
+          f"| 206 -> 109 |")
+    print(f"| only 7s and 8s: test error, before -> after bias {d['only78_bias_offset']:g} "
+          f"| {100 * d['only78_error_before']:.1f}% -> {100 * d['only78_error_after']:.1f}% | 47.3% -> 13.2% (-7.6) |")
+    e = d["ensemble"]
+    print(f"| ensemble of {e['members']} 784-800-800 teachers / one of them (mean) / a student distilled "
+          f"from the ensemble | {e['ensemble_errors']} / {e['single_teacher_errors_mean']:.0f} / "
+          f"{e['distilled_errors']} | |")
+    sp = d["specialists"]
+    print(f"| {sp['generalist']} generalist -> + specialists for {sp['groups']}, accuracy "
+          f"| {100 * sp['generalist_accuracy']:.2f}% -> {100 * sp['with_specialists_accuracy']:.2f}% | |")
+    print("\nTemperature sweep, test errors (students distilled from the same teacher, same epochs):\n")
+    sweep = d["temperature_sweep"]
+    columns = sorted({k for row in sweep.values() for k in row if k != "alone"}, key=lambda k: float(k[2:]))
+    print("| student | alone | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 2) + "|")
+    for spec, row in sweep.items():
+        print(f"| {spec} | {row['alone']} | " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
+    print("\nLMA vs ReLU students, both distilled (T=4, alpha 0.7), test accuracy:\n")
+    print("| student | ReLU | LMA (8 segments) | parameters (ReLU / LMA) |")
+    print("|---|---|---|---|")
+    rows = d["lma_students"]
+    for spec in sorted({k.rsplit("-", 1)[0] for k in rows}, reverse=True):
+        relu, lma = rows[f"{spec}-relu"], rows[f"{spec}-lma"]
+        print(f"| {spec} | {100 * relu['accuracy']:.2f}% | {100 * lma['accuracy']:.2f}% "
+              f"| {relu['parameters']:,} / {lma['parameters']:,} |")
+    s = d["epoch_seconds"]
+    print(f"\nOne epoch of the 784-800-800 student, median of 3 interleaved: distillation from cached soft "
+          f"targets {d['cached_epoch_ratio']:.2f}x a plain epoch, with the teacher run online "
+          f"{d['uncached_epoch_ratio']:.2f}x (the one teacher pass that fills the cache: "
+          f"{s['teacher_pass_for_cache'] / s['plain']:.2f}x a plain epoch).")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
     same = modelzip.load("lenet.mzip")
 """
 from .data import DataBundle, load_data
+from .distill import DistillConfig, kd_loss  # distill() itself: modelzip.distill.distill (the subpackage keeps its name)
 from .errors import ChecksumError, ConfigError, DataError, FormatError, ModelError, ModelzipError, TruncatedError
 from .io import dumps, header, load, loads, save
 from .layers import strip
@@ -20,8 +21,9 @@ from .train import TrainConfig, evaluate, fit, predict
 __version__ = "0.1.0"
 
 __all__ = [
-    "ChecksumError", "Compressed", "ConfigError", "DataBundle", "DataError", "FormatError", "ModelError",
-    "ModelzipError", "PruneConfig", "QuantizeConfig", "Recipe", "TrainConfig", "TruncatedError", "build",
-    "compress", "dumps", "evaluate", "fit", "header", "iterative_prune", "load", "load_data", "load_recipe",
+    "ChecksumError", "Compressed", "ConfigError", "DataBundle", "DataError", "DistillConfig", "FormatError",
+    "ModelError", "ModelzipError", "PruneConfig", "QuantizeConfig", "Recipe", "TrainConfig", "TruncatedError",
+    "build", "compress", "dumps", "evaluate", "fit", "header", "iterative_prune", "kd_loss", "load",
+    "load_data", "load_recipe",
     "loads", "predict", "prune_", "quantize_", "save", "strip", "trained_quantization",
 ]

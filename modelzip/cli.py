@@ -13,7 +13,8 @@ from rich.console import Console
 from . import io
 from .atomic import atomic_write
 from .data import load_data
-from .errors import ModelzipError
+from .distill import DistillConfig, distill, without_classes
+from .errors import ConfigError, ModelzipError
 from .models import build
 from .pipeline import compress
 from .recipes import built_in, load_recipe
@@ -65,6 +66,26 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill(args: argparse.Namespace) -> int:
+    torch.manual_seed(args.seed)
+    data = load_data(args.data, seed=args.seed)
+    names, weights = args.teacher.split(","), (args.teacher_weights or "").split(",")
+    if len(weights) != len(names):
+        raise ConfigError(f"--teacher-weights needs one state_dict file per teacher ({len(names)}), "
+                          f"comma-separated; got {args.teacher_weights!r}")
+    teachers = [build(n, data.input_shape, data.num_classes, weights=w) for n, w in zip(names, weights)]
+    student = build(args.student, data.input_shape, data.num_classes, activation=args.activation)
+    config = DistillConfig(temperature=args.temperature, alpha=args.alpha, jitter=args.jitter,
+                           train=TrainConfig(epochs=args.epochs, min_steps=args.min_steps, lr=args.lr, seed=args.seed))
+    transfer = without_classes(data.train, args.omit) if args.omit else data.train
+    distill(student, teachers, transfer, config, test=data.test)
+    atomic_write(args.out, lambda f: torch.save(student.state_dict(), f))
+    for name, teacher in zip(names, teachers):
+        print(f"teacher {name}: accuracy {evaluate(teacher, data.test):.2%}")
+    print(f"student {args.student}: accuracy {evaluate(student, data.test):.2%}; wrote {args.out}")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     model = io.load(args.file, allow_import=args.allow_import)
     data = load_data(args.data)
@@ -107,6 +128,23 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--report", help="write the JSON report here")
     comp.add_argument("--seed", type=int, default=0)
     comp.set_defaults(run=_compress)
+
+    dist = commands.add_parser("distill", help="train a student on the soft targets of one or more teachers")
+    dist.add_argument("--teacher", required=True, help="teacher model name(s), comma-separated for an ensemble")
+    dist.add_argument("--teacher-weights", required=True, help="their state_dict files, comma-separated, in order")
+    dist.add_argument("--student", required=True, help="student model name, e.g. mlp-800-800 or mlp-30-30")
+    dist.add_argument("--activation", default="relu", help="the student's activation: relu or lma")
+    dist.add_argument("--data", default="mnist5k", help=DATA_HELP)
+    dist.add_argument("--temperature", type=float, default=20.0)
+    dist.add_argument("--alpha", type=float, default=0.9, help="weight of the soft loss (1 - alpha: hard labels)")
+    dist.add_argument("--jitter", type=int, default=0, help="shift inputs by up to this many pixels (teachers run online)")
+    dist.add_argument("--omit", type=int, nargs="*", default=[], help="leave these classes out of the transfer set")
+    dist.add_argument("--epochs", type=int, default=20)
+    dist.add_argument("--min-steps", type=int, default=3000, help="at least this many optimizer steps")
+    dist.add_argument("--lr", type=float, default=1e-3)
+    dist.add_argument("--seed", type=int, default=0)
+    dist.add_argument("--out", required=True, help="the student's state_dict (.pt) to write")
+    dist.set_defaults(run=_distill)
 
     train = commands.add_parser("train", help="train a model and save its state_dict (input for compress)")
     train.add_argument("--model", required=True)

@@ -15,9 +15,10 @@ from torch import nn
 
 from .atomic import atomic_write
 from .data import DataBundle
+from .distill import distill
 from .io import dense_bytes, dumps, loads
 from .layers import strip
-from .models import arch_of
+from .models import arch_of, build
 from .prune import iterative_prune
 from .quantize import trained_quantization
 from .recipes import Recipe, load_recipe
@@ -38,15 +39,22 @@ def compress(model: nn.Module, data: DataBundle, recipe: Recipe | str = "deep-co
              pretrained: bool = True, out: str | Path | None = None) -> Compressed:
     """Compress a copy of `model` with `recipe` on `data`; optionally write the .mzip file to `out`.
 
-    With `pretrained=False` the model is first trained with the recipe's `train` stage.
+    With `pretrained=False` the model is first trained with the recipe's `train` stage. With a
+    `distill` stage the model is the teacher: a new student learns from it and is what gets
+    compressed, and the report's ratio and `accuracy_before` are the teacher's.
     """
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
     began = time.perf_counter()
     if not pretrained:
         fit(model, data.train, recipe.train, test=data.test, desc="train")
     accuracy_before = evaluate(model, data.test)
-    work = copy.deepcopy(model)
     stages: dict[str, float] = {}
+    if recipe.distill is not None:
+        work = build(recipe.distill.student, data.input_shape, data.num_classes, activation=recipe.distill.activation)
+        distill(work, model, data.train, recipe.distill, test=data.test)
+        stages["after_distill"] = evaluate(work, data.test)
+    else:
+        work = copy.deepcopy(model)
     if recipe.prune is not None:
         iterative_prune(work, data.train, recipe.prune, test=data.test)
         stages["after_prune"] = evaluate(work, data.test)
@@ -55,9 +63,10 @@ def compress(model: nn.Module, data: DataBundle, recipe: Recipe | str = "deep-co
         stages["after_quantize"] = evaluate(work, data.test)
     strip(work)
     meta = {"data": data.name, "recipe": recipe.name, "accuracy_before": accuracy_before}
-    decoded = loads(dumps(work, arch=arch_of(model), meta=meta), copy.deepcopy(work))
+    arch = arch_of(work) if recipe.distill is not None else arch_of(model)
+    decoded = loads(dumps(work, arch=arch, meta=meta), copy.deepcopy(work))
     meta["accuracy_after"] = evaluate(decoded, data.test)
-    blob = dumps(work, arch=arch_of(model), meta=meta)
+    blob = dumps(work, arch=arch, meta=meta)
     if out is not None:
         atomic_write(out, lambda f: f.write(blob))
     report = build_report(blob, dense_bytes=dense_bytes(model))

@@ -20,7 +20,7 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from .atomic import atomic_write
-from .data import batches
+from .data import batches, jitter
 from .errors import ConfigError, ModelError
 
 LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
@@ -64,6 +64,13 @@ class EpochLog:
 def cross_entropy(model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
     """The default loss: hard-label cross-entropy on (inputs, labels) batches."""
     return F.cross_entropy(model(batch[0]), batch[1])
+
+
+def jittered(max_shift: int, loss_fn: LossFn = cross_entropy) -> LossFn:
+    """`loss_fn` on inputs shifted by up to `max_shift` pixels (a fresh shift per example and step)."""
+    def loss(model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        return loss_fn(model, [jitter(batch[0], max_shift), *batch[1:]])
+    return loss
 
 
 def fit(model: nn.Module, train: TensorDataset, config: TrainConfig = TrainConfig(), *,

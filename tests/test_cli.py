@@ -60,3 +60,32 @@ def test_demo_writes_the_file_and_report(tmp_path, capsys):
     assert rep["file_bytes"] == (tmp_path / "lenet-300-100.mzip").stat().st_size
     assert rep["compression_ratio"] > 40 and rep["accuracy_after"] > rep["accuracy_before"] - 0.01
     assert "whole file" in capsys.readouterr().out
+
+
+def test_distill_then_a_recipe_that_chains_distill_prune_quantize(tmp_path, capsys):
+    teacher, student, out, report = (tmp_path / n for n in ("t.pt", "s.pt", "s.mzip", "s.json"))
+    assert main(["train", "--model", "mlp-128", "--data", "digits", "--epochs", "40", "--out", str(teacher)]) == 0
+    assert main(["distill", "--teacher", "mlp-128,mlp-128", "--teacher-weights", f"{teacher},{teacher}",
+                 "--student", "mlp-24", "--activation", "lma", "--data", "digits", "--temperature", "4",
+                 "--epochs", "1", "--min-steps", "400", "--omit", "3", "--out", str(student)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("teacher mlp-128") == 2 and "student mlp-24" in printed
+    assert torch.load(student, weights_only=True)["fc1.weight"].shape == (24, 64)
+
+    recipe = tmp_path / "chain.yaml"
+    recipe.write_text("name: chain\ndistill: {student: mlp-64, temperature: 4, train: {epochs: 1, min_steps: 400}}\n"
+                      + TINY.split("\n", 2)[2])
+    assert main(["compress", "--model", "mlp-128", "--weights", str(teacher), "--data", "digits",
+                 "--recipe", str(recipe), "--out", str(out), "--report", str(report)]) == 0
+    rep = json.loads(report.read_text())
+    assert rep["model"] == "mlp-64" and list(rep["stages"]) == ["after_distill", "after_prune", "after_quantize"]
+    assert rep["dense_bytes"] == (64 * 128 + 128 + 128 * 10 + 10) * 4  # the ratio is against the teacher
+    assert rep["compression_ratio"] > 15 and rep["accuracy_after"] > 0.8
+    assert main(["eval", str(out), "--data", "digits"]) == 0
+
+
+def test_distill_needs_one_weights_file_per_teacher(tmp_path, capsys):
+    assert main(["distill", "--teacher", "mlp-8,mlp-8", "--teacher-weights", "a.pt", "--student", "mlp-4",
+                 "--data", "digits", "--out", str(tmp_path / "s.pt")]) == 2
+    assert "one state_dict file per teacher (2)" in capsys.readouterr().err
+    assert not (tmp_path / "s.pt").exists()

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from modelzip.errors import ModelError
-from modelzip.models import build, load_weights, rebuild
+from modelzip.models import arch_of, build, load_weights, rebuild
 
 
 @pytest.mark.parametrize("name, params", [
@@ -48,3 +48,18 @@ def test_weights_file_round_trip_and_mismatch(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(ModelError, match="cannot read"):
         load_weights(b, tmp_path / "junk.pt")
+
+
+def test_any_mlp_name_builds_and_rebuilds_with_its_builder_arguments():
+    model = build("mlp-30-20", (1, 8, 8), 10, dropout=0.25, activation="lma")
+    assert [m.out_features for m in model if isinstance(m, torch.nn.Linear)] == [30, 20, 10]
+    assert model.drop1.p == 0.25 and type(model.act2).__name__ == "LMA"
+    arch = arch_of(model)
+    assert arch == {"name": "mlp-30-20", "kwargs": {"input_shape": [1, 8, 8], "num_classes": 10,
+                                                   "dropout": 0.25, "activation": "lma"}}
+    again = rebuild(arch)
+    assert [type(m).__name__ for m in again] == [type(m).__name__ for m in model]
+    with pytest.raises(ModelError, match="unexpected keyword"):
+        build("lenet-5", bogus=1)
+    with pytest.raises(ModelError, match="unknown model 'mlp-0'"):
+        build("mlp-0")

@@ -55,3 +55,20 @@ def test_yaml_never_runs_code(tmp_path):
 
 def test_from_mapping_defaults():
     assert from_mapping(Recipe, {}, "x") == Recipe()
+
+
+def test_built_in_distill_recipe_chains_distill_prune_quantize():
+    recipe = load_recipe("distill-deep-compression")
+    assert recipe.distill.student == "lenet-300-100" and recipe.distill.temperature == 20.0
+    assert recipe.distill.alpha == 0.9 and recipe.distill.train.min_steps == 3000
+    assert recipe.prune.sparsity == 0.95 and recipe.quantize.bits == {"linear": 4, "conv": 6}
+
+
+def test_distill_stage_keys_are_checked(tmp_path):
+    path = tmp_path / "d.yaml"
+    path.write_text("distill: {student: mlp-30-30, temprature: 4}\n")
+    with pytest.raises(ConfigError, match="temprature.*valid: temperature"):
+        load_recipe(path)
+    path.write_text("distill: {alpha: 2}\n")
+    with pytest.raises(ConfigError, match="alpha"):
+        load_recipe(path)

@@ -3,7 +3,7 @@ import torch
 
 from modelzip.errors import ModelError
 from modelzip.models import build
-from modelzip.train import TrainConfig, cross_entropy, evaluate, fit
+from modelzip.train import TrainConfig, cross_entropy, evaluate, fit, jittered
 
 
 def test_fit_learns_and_is_deterministic(digits):
@@ -64,3 +64,17 @@ def test_min_steps_adds_epochs_on_small_data(digits):
     per_epoch = -(-len(digits.train) // 128)  # 12 batches of the 1,437 training digits
     logs = fit(model, digits.train, TrainConfig(epochs=1, min_steps=5 * per_epoch - 3))
     assert [log.epoch for log in logs] == [1, 2, 3, 4, 5]
+
+
+def test_jittered_loss_sees_shifted_inputs_with_the_same_labels():
+    seen = []
+
+    def spy(model, batch):
+        seen.append(batch)
+        return model(batch[0]).sum() * 0
+
+    images, labels = torch.rand(8, 1, 5, 5), torch.arange(8)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(25, 2))
+    jittered(2, spy)(model, [images, labels])
+    assert torch.equal(seen[0][1], labels) and seen[0][0].shape == images.shape
+    assert not torch.equal(seen[0][0], images)

@@ -1,6 +1,7 @@
 """Reference architectures of the papers, and how any model is built and rebuilt."""
 from .build import arch_of, build, load_weights, rebuild
+from .activations import ACTIVATIONS
 from .reference import MODELS, lenet_5, lenet_300_100, mlp, mlp_800_800, mlp_1200_1200
 
-__all__ = ["MODELS", "arch_of", "build", "lenet_5", "lenet_300_100", "load_weights", "mlp",
+__all__ = ["ACTIVATIONS", "MODELS", "arch_of", "build", "lenet_5", "lenet_300_100", "load_weights", "mlp",
            "mlp_800_800", "mlp_1200_1200", "rebuild"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,22 @@ from .reference import MODELS
 ARCH_ATTR = "modelzip_arch"
 
 
+MLP_NAME = re.compile(r"mlp(-[1-9][0-9]*)+")
+
+
 def build(spec: str, input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10,
-          weights: str | Path | None = None) -> nn.Module:
-    """A model from a built-in name (sized for the data) or `pkg.mod:fn`, with optional state_dict file."""
+          weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
+    """A model from a built-in name (sized for the data) or `pkg.mod:fn`, with optional state_dict file.
+
+    Any `mlp-H1-H2-...` name is a fully connected network with those hidden widths; `kwargs` go to
+    the built-in builder (e.g. `activation="lma"`, `dropout=0.5`) and are recorded for rebuilding.
+    """
     if ":" in spec:
+        if kwargs:
+            raise ModelError(f"user models ({spec}) take no builder arguments, got {sorted(kwargs)}")
         arch: dict[str, Any] = {"import": spec}
     else:
-        arch = {"name": spec, "kwargs": {"input_shape": list(input_shape), "num_classes": num_classes}}
+        arch = {"name": spec, "kwargs": {"input_shape": list(input_shape), "num_classes": num_classes, **kwargs}}
     model = rebuild(arch, allow_import=True)
     if weights is not None:
         load_weights(model, weights)
@@ -40,7 +50,10 @@ def rebuild(arch: dict[str, Any], *, allow_import: bool = False, device: str | t
     """Construct the module an `arch` record describes (on `device`, e.g. "meta" to skip initialisation)."""
     builder, kwargs = _builder(arch, allow_import)
     with torch.device(device) if device is not None else contextlib.nullcontext():
-        model = builder(**kwargs)
+        try:
+            model = builder(**kwargs)
+        except TypeError as exc:  # a keyword the builder does not take, or a missing one
+            raise ModelError(f"cannot build {arch.get('name', arch.get('import'))}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{arch} returned {type(model).__name__}, not a torch.nn.Module")
     setattr(model, ARCH_ATTR, arch)
@@ -73,7 +86,10 @@ def _builder(arch: dict[str, Any], allow_import: bool) -> tuple[Callable[..., An
         kwargs = dict(arch.get("kwargs", {}))
         if "input_shape" in kwargs:
             kwargs["input_shape"] = tuple(kwargs["input_shape"])
-        return MODELS.get(arch["name"]), kwargs
+        name = arch["name"]
+        if name not in MODELS and isinstance(name, str) and MLP_NAME.fullmatch(name):
+            return MODELS.get("mlp"), {"hidden": [int(h) for h in name.split("-")[1:]], **kwargs}
+        return MODELS.get(name), kwargs
     if "import" in arch:
         ref = arch["import"]
         if not allow_import:

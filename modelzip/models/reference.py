@@ -13,18 +13,24 @@ from torch import nn
 
 from ..errors import ModelError
 from ..registry import Registry
+from .activations import ACTIVATIONS
 
 MODELS: Registry = Registry("model", ModelError)
 
 
-def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...],
-        dropout: float = 0.0, activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
-    """A fully connected ReLU network; `dropout` (applied after each hidden layer) for teachers."""
+@MODELS.register("mlp")
+def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] | list[int],
+        dropout: float = 0.0, activation: str = "relu") -> nn.Sequential:
+    """A fully connected network; `dropout` (after each hidden layer) for teachers, `activation` by name.
+
+    `build("mlp-30-30")` makes one of these with hidden=(30, 30).
+    """
+    act = ACTIVATIONS.get(activation)
     layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
     width = prod(input_shape)
     for i, h in enumerate(hidden, start=1):
         layers[f"fc{i}"] = nn.Linear(width, h)
-        layers[f"act{i}"] = activation()
+        layers[f"act{i}"] = act(h)
         if dropout:
             layers[f"drop{i}"] = nn.Dropout(dropout)
         width = h
@@ -33,30 +39,32 @@ def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...],
 
 
 @MODELS.register("lenet-300-100")
-def lenet_300_100(input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10) -> nn.Sequential:
+def lenet_300_100(input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10,
+                  activation: str = "relu") -> nn.Sequential:
     """LeNet-300-100 (LeCun et al. 1998), the MLP of Deep Compression's Table 2: 266,610 parameters."""
-    return mlp(input_shape, num_classes, (300, 100))
+    return mlp(input_shape, num_classes, (300, 100), activation=activation)
 
 
 @MODELS.register("mlp-1200-1200")
 def mlp_1200_1200(input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10,
-                  dropout: float = 0.0) -> nn.Sequential:
+                  dropout: float = 0.0, activation: str = "relu") -> nn.Sequential:
     """The distillation paper's MNIST teacher, 784-1200-1200-10 (trained there with dropout)."""
-    return mlp(input_shape, num_classes, (1200, 1200), dropout)
+    return mlp(input_shape, num_classes, (1200, 1200), dropout, activation)
 
 
 @MODELS.register("mlp-800-800")
 def mlp_800_800(input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10,
-                dropout: float = 0.0) -> nn.Sequential:
+                dropout: float = 0.0, activation: str = "relu") -> nn.Sequential:
     """The distillation paper's MNIST student, 784-800-800-10."""
-    return mlp(input_shape, num_classes, (800, 800), dropout)
+    return mlp(input_shape, num_classes, (800, 800), dropout, activation)
 
 
 @MODELS.register("lenet-5")
-def lenet_5(input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10) -> nn.Sequential:
+def lenet_5(input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10,
+            activation: str = "relu") -> nn.Sequential:
     """LeNet-5 as in Caffe's examples: conv 20@5x5, pool, conv 50@5x5, pool, fc 500, fc 10 (431,080 params).
 
-    Caffe's variant has no activation between the convolutions; ReLU sits only after fc1.
+    Caffe's variant has no activation between the convolutions; ReLU (or `activation`) sits only after fc1.
     """
     channels, height, width = _image_shape(input_shape)
     side = min(height, width)
@@ -70,7 +78,7 @@ def lenet_5(input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10) -
         pool2=nn.MaxPool2d(2),
         flatten=nn.Flatten(),
         fc1=nn.Linear(50 * flat_h * flat_w, 500),
-        act1=nn.ReLU(),
+        act1=ACTIVATIONS.get(activation)(500),
         fc2=nn.Linear(500, num_classes),
     ))
 

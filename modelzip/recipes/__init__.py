@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from ..distill import DistillConfig
 from ..errors import ConfigError
 from ..prune import PruneConfig
 from ..quantize import QuantizeConfig
@@ -25,11 +26,20 @@ BUILT_IN = Path(__file__).parent
 
 
 @dataclass(frozen=True)
+class DistillStage(DistillConfig):
+    """Distillation as a recipe stage: the given model is the teacher of a new `student`."""
+
+    student: str = "lenet-300-100"  # a built-in name, or mlp-H1-H2-...
+    activation: str = "relu"  # the student's activation: relu or lma
+
+
+@dataclass(frozen=True)
 class Recipe:
     """The stages of a compression run, each optional; they run in this order."""
 
     name: str = "custom"
     train: TrainConfig = TrainConfig()  # only when the model comes without trained weights
+    distill: DistillStage | None = None  # then the student is what gets pruned, quantized and encoded
     prune: PruneConfig | None = None
     quantize: QuantizeConfig | None = None
     seed: int = 0
