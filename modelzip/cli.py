@@ -12,8 +12,8 @@ from rich.console import Console
 
 from . import io
 from .atomic import atomic_write
-from .data import load_data
-from .distill import DistillConfig, distill, without_classes
+from .data import load_data, split
+from .distill import DistillConfig, adjust_bias_, distill, search_bias_offset, without_classes
 from .errors import ConfigError, ModelzipError
 from .models import build
 from .pipeline import compress
@@ -77,8 +77,16 @@ def _distill(args: argparse.Namespace) -> int:
     student = build(args.student, data.input_shape, data.num_classes, activation=args.activation)
     config = DistillConfig(temperature=args.temperature, alpha=args.alpha, jitter=args.jitter,
                            train=TrainConfig(epochs=args.epochs, min_steps=args.min_steps, lr=args.lr, seed=args.seed))
-    transfer = without_classes(data.train, args.omit) if args.omit else data.train
+    transfer, held_out = data.train, None
+    if args.omit:  # hold some training data back (with every class) to search the bias offset on
+        rest, held_out = split(data.train, 1 / 12, seed=args.seed)
+        transfer = without_classes(rest, args.omit)
     distill(student, teachers, transfer, config, test=data.test)
+    if held_out is not None:
+        before = evaluate(student, data.test)
+        offset = args.bias_offset if args.bias_offset is not None else search_bias_offset(student, args.omit, held_out)[0]
+        adjust_bias_(student, args.omit, offset)
+        print(f"bias of classes {args.omit} {offset:+g}: accuracy {before:.2%} -> {evaluate(student, data.test):.2%}")
     atomic_write(args.out, lambda f: torch.save(student.state_dict(), f))
     for name, teacher in zip(names, teachers):
         print(f"teacher {name}: accuracy {evaluate(teacher, data.test):.2%}")
@@ -138,7 +146,10 @@ def _parser() -> argparse.ArgumentParser:
     dist.add_argument("--temperature", type=float, default=20.0)
     dist.add_argument("--alpha", type=float, default=0.9, help="weight of the soft loss (1 - alpha: hard labels)")
     dist.add_argument("--jitter", type=int, default=0, help="shift inputs by up to this many pixels (teachers run online)")
-    dist.add_argument("--omit", type=int, nargs="*", default=[], help="leave these classes out of the transfer set")
+    dist.add_argument("--omit", type=int, nargs="*", default=[],
+                      help="leave these classes out of the transfer set, then raise their output bias")
+    dist.add_argument("--bias-offset", type=float,
+                      help="with --omit: the bias offset (default: searched on 1/12 of the training data held out)")
     dist.add_argument("--epochs", type=int, default=20)
     dist.add_argument("--min-steps", type=int, default=3000, help="at least this many optimizer steps")
     dist.add_argument("--lr", type=float, default=1e-3)

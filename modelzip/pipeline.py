@@ -15,7 +15,7 @@ from torch import nn
 
 from .atomic import atomic_write
 from .data import DataBundle
-from .distill import distill
+from .distill import teaching
 from .io import dense_bytes, dumps, loads
 from .layers import strip
 from .models import arch_of, build
@@ -23,7 +23,7 @@ from .prune import iterative_prune
 from .quantize import trained_quantization
 from .recipes import Recipe, load_recipe
 from .report import build_report
-from .train import evaluate, fit
+from .train import cross_entropy, evaluate, fit
 
 
 @dataclass
@@ -41,7 +41,8 @@ def compress(model: nn.Module, data: DataBundle, recipe: Recipe | str = "deep-co
 
     With `pretrained=False` the model is first trained with the recipe's `train` stage. With a
     `distill` stage the model is the teacher: a new student learns from it and is what gets
-    compressed, and the report's ratio and `accuracy_before` are the teacher's.
+    compressed (its pruning retraining and quantization fine-tuning keep the distillation loss), and
+    the report's ratio and `accuracy_before` are the teacher's.
     """
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
     began = time.perf_counter()
@@ -49,17 +50,19 @@ def compress(model: nn.Module, data: DataBundle, recipe: Recipe | str = "deep-co
         fit(model, data.train, recipe.train, test=data.test, desc="train")
     accuracy_before = evaluate(model, data.test)
     stages: dict[str, float] = {}
-    if recipe.distill is not None:
+    train, loss_fn = data.train, cross_entropy
+    if recipe.distill is not None:  # the teacher keeps teaching through retraining and fine-tuning
         work = build(recipe.distill.student, data.input_shape, data.num_classes, activation=recipe.distill.activation)
-        distill(work, model, data.train, recipe.distill, test=data.test)
+        train, loss_fn = teaching(model, data.train, recipe.distill)
+        fit(work, train, recipe.distill.train, test=data.test, loss_fn=loss_fn, desc="distill")
         stages["after_distill"] = evaluate(work, data.test)
     else:
         work = copy.deepcopy(model)
     if recipe.prune is not None:
-        iterative_prune(work, data.train, recipe.prune, test=data.test)
+        iterative_prune(work, train, recipe.prune, test=data.test, loss_fn=loss_fn)
         stages["after_prune"] = evaluate(work, data.test)
     if recipe.quantize is not None:
-        trained_quantization(work, data.train, recipe.quantize, test=data.test, seed=recipe.seed)
+        trained_quantization(work, train, recipe.quantize, test=data.test, seed=recipe.seed, loss_fn=loss_fn)
         stages["after_quantize"] = evaluate(work, data.test)
     strip(work)
     meta = {"data": data.name, "recipe": recipe.name, "accuracy_before": accuracy_before}

@@ -69,7 +69,7 @@ def test_distill_then_a_recipe_that_chains_distill_prune_quantize(tmp_path, caps
                  "--student", "mlp-24", "--activation", "lma", "--data", "digits", "--temperature", "4",
                  "--epochs", "1", "--min-steps", "400", "--omit", "3", "--out", str(student)]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("teacher mlp-128") == 2 and "student mlp-24" in printed
+    assert printed.count("teacher mlp-128") == 2 and "student mlp-24" in printed and "bias of classes [3] +" in printed
     assert torch.load(student, weights_only=True)["fc1.weight"].shape == (24, 64)
 
     recipe = tmp_path / "chain.yaml"

@@ -47,6 +47,18 @@ def distill(student: nn.Module, teachers: Teachers, transfer: TensorDataset, con
     cache: True keeps the soft targets in memory, a path memory-maps them from a .npy file there,
     False runs the teachers on every batch (what augmentation needs anyway).
     """
+    dataset, loss_fn = teaching(teachers, transfer, config, cache=cache)
+    return fit(student, dataset, config.train, test=test, checkpoint=checkpoint, desc=desc, loss_fn=loss_fn)
+
+
+def teaching(teachers: Teachers, transfer: TensorDataset, config: DistillConfig, *,
+             cache: bool | str | Path = True) -> tuple[TensorDataset, LossFn]:
+    """The dataset and loss that make any training loop distil: `fit`, pruning's retraining or
+    quantization's fine-tuning all take them, so the teacher keeps teaching while a student is compressed.
+
+    Cached: (inputs[, labels], soft-target logits) with a loss that reads the third tensor; online:
+    the transfer set itself with a loss that runs the teachers (on the jittered batch, if any).
+    """
     labeled = len(transfer.tensors) >= 2
     T = config.temperature
     if isinstance(teachers, torch.Tensor):
@@ -54,13 +66,10 @@ def distill(student: nn.Module, teachers: Teachers, transfer: TensorDataset, con
             raise ConfigError("precomputed teacher logits cannot follow jittered inputs; pass the teacher models")
         targets = precomputed(teachers, len(transfer), T)
     elif cache is False or config.jitter:
-        return fit(student, transfer, config.train, test=test, checkpoint=checkpoint, desc=desc,
-                   loss_fn=_online_loss(teachers, config, labeled))
+        return transfer, _online_loss(teachers, config, labeled)
     else:
         targets = cache_soft_logits(teachers, transfer, T, path=None if cache is True else cache)
-    with_targets = TensorDataset(*transfer.tensors[:2], targets)
-    return fit(student, with_targets, config.train, test=test, checkpoint=checkpoint, desc=desc,
-               loss_fn=_cached_loss(config, labeled))
+    return TensorDataset(*transfer.tensors[:2], targets), _cached_loss(config, labeled)
 
 
 def _cached_loss(config: DistillConfig, labeled: bool) -> LossFn:
