@@ -58,12 +58,11 @@ def deep_compression() -> None:
 
 def distillation() -> None:
     d = json.loads((RESULTS / "distillation.json").read_text())
-    n = d["test_examples"]
     print("| MNIST, test errors of 10,000 | modelzip | paper |")
     print("|---|---|---|")
     for key, label, paper in (("teacher_errors", "teacher 784-1200-1200 (dropout, jitter 2 px)", 67),
                               ("student_errors", "student 784-800-800 alone", 146),
-                              ("distilled_errors", f"student distilled at T=20", 74)):
+                              ("distilled_errors", "student distilled at T=20", 74)):
         print(f"| {label} | {d[key]} | {paper} |")
     print(f"| share of the student-teacher gap closed | {100 * d['gap_closed']:.0f}% | 91% |")
     print(f"| no 3s in the transfer set: test 3s right, before -> after bias +{d['omitted3_bias_offset']:g} "

@@ -7,7 +7,8 @@
     same = modelzip.load("lenet.mzip")
 """
 from .data import DataBundle, load_data
-from .distill import DistillConfig, kd_loss  # distill() itself: modelzip.distill.distill (the subpackage keeps its name)
+# distill() itself is modelzip.distill.distill: the subpackage keeps its name
+from .distill import DistillConfig, kd_loss
 from .errors import ChecksumError, ConfigError, DataError, FormatError, ModelError, ModelzipError, TruncatedError
 from .io import dumps, header, load, loads, save
 from .layers import strip

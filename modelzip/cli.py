@@ -84,7 +84,9 @@ def _distill(args: argparse.Namespace) -> int:
     distill(student, teachers, transfer, config, test=data.test)
     if held_out is not None:
         before = evaluate(student, data.test)
-        offset = args.bias_offset if args.bias_offset is not None else search_bias_offset(student, args.omit, held_out)[0]
+        offset = args.bias_offset
+        if offset is None:
+            offset, _ = search_bias_offset(student, args.omit, held_out)
         adjust_bias_(student, args.omit, offset)
         print(f"bias of classes {args.omit} {offset:+g}: accuracy {before:.2%} -> {evaluate(student, data.test):.2%}")
     atomic_write(args.out, lambda f: torch.save(student.state_dict(), f))
@@ -145,7 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     dist.add_argument("--data", default="mnist5k", help=DATA_HELP)
     dist.add_argument("--temperature", type=float, default=20.0)
     dist.add_argument("--alpha", type=float, default=0.9, help="weight of the soft loss (1 - alpha: hard labels)")
-    dist.add_argument("--jitter", type=int, default=0, help="shift inputs by up to this many pixels (teachers run online)")
+    dist.add_argument("--jitter", type=int, default=0,
+                      help="shift inputs by up to this many pixels (the teachers then run online)")
     dist.add_argument("--omit", type=int, nargs="*", default=[],
                       help="leave these classes out of the transfer set, then raise their output bias")
     dist.add_argument("--bias-offset", type=float,

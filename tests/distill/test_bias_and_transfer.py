@@ -58,7 +58,8 @@ def test_bias_search_finds_the_offset_that_restores_a_suppressed_class():
     with torch.no_grad():
         model[0].weight.copy_(2 * torch.eye(4))
         model[0].bias.copy_(torch.tensor([0.0, 0.0, 0.0, -3.0]))
-    offset, accuracy = search_bias_offset(model, [3], TensorDataset(inputs, labels), offsets=[-1, 0, 0.5, 1.5, 2.5, 3.5])
+    offsets = [-1, 0, 0.5, 1.5, 2.5, 3.5]
+    offset, accuracy = search_bias_offset(model, [3], TensorDataset(inputs, labels), offsets=offsets)
     assert (offset, accuracy) == (1.5, 1.0)  # 1.5 and 2.5 both fix it; ties go to the smaller change
     adjust_bias_(model, [3], offset)
     assert (model(inputs).argmax(1) == labels).all()

@@ -66,7 +66,8 @@ def test_precomputed_logits_equal_passing_the_teachers(digits, teachers):
 def test_distillation_without_labels_teaches_the_student(digits, teachers):
     student = _student(digits)
     before = evaluate(student, digits.test)
-    distill(student, teachers[0], unlabeled(digits.train), DistillConfig(temperature=4, train=TrainConfig(epochs=1, min_steps=600, lr=3e-3)))
+    config = DistillConfig(temperature=4, train=TrainConfig(epochs=1, min_steps=600, lr=3e-3))
+    distill(student, teachers[0], unlabeled(digits.train), config)
     assert before < 0.3 and evaluate(student, digits.test) > 0.85
 
 
