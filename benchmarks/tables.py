@@ -65,6 +65,12 @@ def distillation() -> None:
                               ("distilled_errors", "student distilled at T=20", 74)):
         print(f"| {label} | {d[key]} | {paper} |")
     print(f"| share of the student-teacher gap closed | {100 * d['gap_closed']:.0f}% | 91% |")
+    small = RESULTS / "distillation-mnist5k.json"
+    if small.exists():
+        k = json.loads(small.read_text())
+        print(f"| built-in mnist5k (4,000 train, {k['test_examples']:,} test): teacher / alone / distilled errors "
+              f"| {k['teacher_errors']} / {k['student_errors']} / {k['distilled_errors']} "
+              f"({100 * k['gap_closed']:.0f}% of the gap) | |")
     print(f"| no 3s in the transfer set: test 3s right, before -> after bias +{d['omitted3_bias_offset']:g} "
           f"| {100 * d['omitted3_threes_correct_before']:.1f}% -> {100 * d['omitted3_threes_correct_after']:.1f}% "
           f"| 86.8% -> 98.6% (+3.5) |")
