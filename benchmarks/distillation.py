@@ -63,7 +63,7 @@ class Bench:
         self.files = HERE / "results" / "files" / "distillation" / spec.split(":")[0]
         self.files.mkdir(parents=True, exist_ok=True)
         self.out = out
-        self.save("data", spec)
+        self.save("data", spec.replace(str(HERE.parent.parent), ".."))  # no machine-specific paths
         # a held-out part of the training set, for searching bias offsets (never the test set)
         self.rest, self.held_out = split(self.data.train, 1 / 12, seed=0)
 
@@ -154,7 +154,8 @@ def temperature_sweep(b: Bench) -> None:
     teacher = b.teacher()
     sweep: dict[str, dict[str, int]] = {}
     for spec, temperatures in (("mlp-30-30", SMALL_TEMPERATURES), ("mlp-800-800", LARGE_TEMPERATURES)):
-        alone = b.model(f"alone-{spec}", spec, lambda m: fit(m, b.data.train, b.config(STUDENT_TRAIN), desc=spec))
+        alone = b.student() if spec == "mlp-800-800" else b.model(
+            f"alone-{spec}", spec, lambda m: fit(m, b.data.train, b.config(STUDENT_TRAIN), desc=spec))
         sweep[spec] = {"alone": b.errors(alone)}
         for T in temperatures:
             key = "distilled" if (spec, T) == ("mlp-800-800", T_MAIN) else f"{spec}-T{T:g}"
