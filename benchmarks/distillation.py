@@ -13,6 +13,8 @@ experiment, with the issue's keys:
 - only78_error_before/after: distilled on 7s and 8s only, before/after lowering their biases;
 - temperature_sweep: test errors of 30-30 and 800-800 students per T;
 - ensemble: errors of 4 teachers, their ensemble and a student distilled from the ensemble;
+- jittered_transfer: the 800-800 student distilled on a transfer set jittered by up to 2 px (teachers
+  online), from the teacher and from the ensemble;
 - specialists: generalist vs generalist + specialists accuracy;
 - lma_accuracy, relu_accuracy: the most compact distilled student (784-5-5-10) with LMA and with ReLU
   (lma_students: every size);
@@ -91,8 +93,8 @@ class Bench:
         return int((predict(model, dataset).argmax(1) != dataset.tensors[1]).sum())
 
     def distilled(self, key: str, spec: str, teachers: Any, transfer: TensorDataset, T: float = T_MAIN,
-                  alpha: float = ALPHA, **kwargs: Any) -> nn.Module:
-        config = DistillConfig(temperature=T, alpha=alpha, train=self.config(STUDENT_TRAIN))
+                  alpha: float = ALPHA, jitter: int = 0, **kwargs: Any) -> nn.Module:
+        config = DistillConfig(temperature=T, alpha=alpha, jitter=jitter, train=self.config(STUDENT_TRAIN))
         return self.model(key, spec, lambda m: distill(m, teachers, transfer, config, desc=key), **kwargs)
 
     def save(self, key: str, value: Any, merge: bool = False) -> None:
@@ -175,6 +177,15 @@ def ensemble(b: Bench) -> None:
                         "student_alone_errors": b.errors(b.student())})
 
 
+def jittered_transfer(b: Bench) -> None:
+    """The transfer set jittered like the teachers' training data: the teachers run online."""
+    members = [b.teacher(f"member{i}", MEMBER, seed=i) for i in range(1, 5)]
+    from_teacher = b.distilled("jittered-from-teacher", "mlp-800-800", b.teacher(), b.data.train, jitter=2)
+    from_ensemble = b.distilled("jittered-from-ensemble", "mlp-800-800", members, b.data.train, jitter=2)
+    b.save("jittered_transfer", {"from_teacher_errors": b.errors(from_teacher),
+                                 "from_ensemble_errors": b.errors(from_ensemble)})
+
+
 def specialists(b: Bench) -> None:
     generalist = b.model("generalist", "mlp-30-30",
                          lambda m: fit(m, b.data.train, b.config(STUDENT_TRAIN), desc="generalist"))
@@ -229,7 +240,7 @@ def speed(b: Bench) -> None:
 
 
 EXPERIMENTS = {"main": main_trio, "omitted3": omitted_three, "only78": only_78, "temperature": temperature_sweep,
-               "ensemble": ensemble, "specialists": specialists, "lma": lma, "speed": speed}
+               "ensemble": ensemble, "jittered": jittered_transfer, "specialists": specialists, "lma": lma, "speed": speed}
 
 
 def main() -> None:

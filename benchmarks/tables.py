@@ -82,6 +82,10 @@ def distillation() -> None:
     print(f"| ensemble of {e['members']} 784-800-800 teachers / one of them (mean) / a student distilled "
           f"from the ensemble | {e['ensemble_errors']} / {e['single_teacher_errors_mean']:.0f} / "
           f"{e['distilled_errors']} | |")
+    if "jittered_transfer" in d:
+        j = d["jittered_transfer"]
+        print(f"| transfer set jittered by up to 2 px (teachers online): student from the teacher / from the "
+              f"ensemble | {j['from_teacher_errors']} / {j['from_ensemble_errors']} | |")
     sp = d["specialists"]
     print(f"| {sp['generalist']} generalist -> + specialists for {sp['groups']}, accuracy "
           f"| {100 * sp['generalist_accuracy']:.2f}% -> {100 * sp['with_specialists_accuracy']:.2f}% | |")
