@@ -112,9 +112,16 @@ class Bench:
                 loss_fn=jittered(setup["jitter"]), desc=key)
         return self.model(key, setup["name"], make, dropout=setup["dropout"])
 
+    def members(self) -> list[nn.Module]:
+        """The ensemble: four 800-800 teachers with dropout and jitter, differing by seed."""
+        return [self.teacher(f"member{i}", MEMBER, seed=i) for i in range(1, 5)]
+
+    def alone(self, key: str, spec: str) -> nn.Module:
+        """A model of `spec` trained on hard labels with the students' budget."""
+        return self.model(key, spec, lambda m: fit(m, self.data.train, self.config(STUDENT_TRAIN), desc=key))
+
     def student(self) -> nn.Module:
-        return self.model("student", "mlp-800-800",
-                          lambda m: fit(m, self.data.train, self.config(STUDENT_TRAIN), desc="student"))
+        return self.alone("student", "mlp-800-800")
 
 
 def main_trio(b: Bench) -> None:
@@ -156,8 +163,7 @@ def temperature_sweep(b: Bench) -> None:
     teacher = b.teacher()
     sweep: dict[str, dict[str, int]] = {}
     for spec, temperatures in (("mlp-30-30", SMALL_TEMPERATURES), ("mlp-800-800", LARGE_TEMPERATURES)):
-        alone = b.student() if spec == "mlp-800-800" else b.model(
-            f"alone-{spec}", spec, lambda m: fit(m, b.data.train, b.config(STUDENT_TRAIN), desc=spec))
+        alone = b.student() if spec == "mlp-800-800" else b.alone(f"alone-{spec}", spec)
         sweep[spec] = {"alone": b.errors(alone)}
         for T in temperatures:
             key = "distilled" if (spec, T) == ("mlp-800-800", T_MAIN) else f"{spec}-T{T:g}"
@@ -166,7 +172,7 @@ def temperature_sweep(b: Bench) -> None:
 
 
 def ensemble(b: Bench) -> None:
-    members = [b.teacher(f"member{i}", MEMBER, seed=i) for i in range(1, 5)]
+    members = b.members()
     logits = torch.stack([predict(m, b.data.test) for m in members])  # (members, N, classes)
     ensemble_errors = int((logits.softmax(-1).mean(0).argmax(1) != b.data.test.tensors[1]).sum())
     student = b.distilled("from-ensemble", "mlp-800-800", members, b.data.train)
@@ -179,7 +185,7 @@ def ensemble(b: Bench) -> None:
 
 def jittered_transfer(b: Bench) -> None:
     """The transfer set jittered like the teachers' training data: the teachers run online."""
-    members = [b.teacher(f"member{i}", MEMBER, seed=i) for i in range(1, 5)]
+    members = b.members()
     from_teacher = b.distilled("jittered-from-teacher", "mlp-800-800", b.teacher(), b.data.train, jitter=2)
     from_ensemble = b.distilled("jittered-from-ensemble", "mlp-800-800", members, b.data.train, jitter=2)
     b.save("jittered_transfer", {"from_teacher_errors": b.errors(from_teacher),
@@ -187,8 +193,7 @@ def jittered_transfer(b: Bench) -> None:
 
 
 def specialists(b: Bench) -> None:
-    generalist = b.model("generalist", "mlp-30-30",
-                         lambda m: fit(m, b.data.train, b.config(STUDENT_TRAIN), desc="generalist"))
+    generalist = b.alone("generalist", "mlp-30-30")
     probs = predict(generalist, b.held_out).softmax(-1)
     groups = confusable_groups(probs, 4, seed=0)
     began = time.perf_counter()

@@ -82,17 +82,18 @@ def _distill(args: argparse.Namespace) -> int:
         rest, held_out = split(data.train, 1 / 12, seed=args.seed)
         transfer = without_classes(rest, args.omit)
     distill(student, teachers, transfer, config, test=data.test)
+    accuracy = evaluate(student, data.test)
     if held_out is not None:
-        before = evaluate(student, data.test)
         offset = args.bias_offset
         if offset is None:
             offset, _ = search_bias_offset(student, args.omit, held_out)
         adjust_bias_(student, args.omit, offset)
-        print(f"bias of classes {args.omit} {offset:+g}: accuracy {before:.2%} -> {evaluate(student, data.test):.2%}")
+        before, accuracy = accuracy, evaluate(student, data.test)
+        print(f"bias of classes {args.omit} {offset:+g}: accuracy {before:.2%} -> {accuracy:.2%}")
     atomic_write(args.out, lambda f: torch.save(student.state_dict(), f))
     for name, teacher in zip(names, teachers):
         print(f"teacher {name}: accuracy {evaluate(teacher, data.test):.2%}")
-    print(f"student {args.student}: accuracy {evaluate(student, data.test):.2%}; wrote {args.out}")
+    print(f"student {args.student}: accuracy {accuracy:.2%}; wrote {args.out}")
     return 0
 
 

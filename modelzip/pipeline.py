@@ -66,7 +66,7 @@ def compress(model: nn.Module, data: DataBundle, recipe: Recipe | str = "deep-co
         stages["after_quantize"] = evaluate(work, data.test)
     strip(work)
     meta = {"data": data.name, "recipe": recipe.name, "accuracy_before": accuracy_before}
-    arch = arch_of(work) if recipe.distill is not None else arch_of(model)
+    arch = arch_of(work)  # the student's, or the model's (a deep copy keeps the record)
     decoded = loads(dumps(work, arch=arch, meta=meta), copy.deepcopy(work))
     meta["accuracy_after"] = evaluate(decoded, data.test)
     blob = dumps(work, arch=arch, meta=meta)

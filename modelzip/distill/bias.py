@@ -34,18 +34,19 @@ def output_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Lin
     return linears[-1]
 
 
-def adjust_bias_(model: nn.Module, classes: Sequence[int], offset: float, layer: str | None = None) -> nn.Module:
+def adjust_bias_(model: nn.Module, classes: Sequence[int] | torch.Tensor, offset: float,
+                 layer: str | None = None) -> nn.Module:
     """Add `offset` to the output bias of each class in `classes`, in place; other classes keep theirs."""
     name, linear = output_layer(model, layer)
     if linear.bias is None:
         raise ModelError(f"output layer {name!r} has no bias to adjust")
-    index = _class_index(classes, linear.out_features)
+    index = class_index(classes, linear.out_features)
     with torch.no_grad():
         linear.bias[index] += offset
     return model
 
 
-def search_bias_offset(model: nn.Module, classes: Sequence[int], held_out: TensorDataset,
+def search_bias_offset(model: nn.Module, classes: Sequence[int] | torch.Tensor, held_out: TensorDataset,
                        offsets: Sequence[float] = DEFAULT_OFFSETS) -> tuple[float, float]:
     """The offset for `classes` that maximises accuracy on `held_out`, and that accuracy.
 
@@ -55,13 +56,16 @@ def search_bias_offset(model: nn.Module, classes: Sequence[int], held_out: Tenso
     logits = predict(model, held_out)  # (N, classes)
     labels = held_out.tensors[1]
     shift = torch.zeros(logits.shape[1])
-    shift[_class_index(classes, logits.shape[1])] = 1.0
-    best = max(offsets, key=lambda o: ((logits + o * shift).argmax(1) == labels).float().mean().item() - 1e-9 * abs(o))
-    return float(best), ((logits + best * shift).argmax(1) == labels).float().mean().item()
+    shift[class_index(classes, logits.shape[1])] = 1.0
+    accuracy = {o: ((logits + o * shift).argmax(1) == labels).float().mean().item() for o in offsets}
+    best = max(offsets, key=lambda o: accuracy[o] - 1e-9 * abs(o))
+    return float(best), accuracy[best]
 
 
-def _class_index(classes: Sequence[int], num_classes: int) -> torch.Tensor:
-    index = torch.as_tensor(list(classes), dtype=torch.long)
-    if index.numel() == 0 or index.min() < 0 or index.max() >= num_classes:
-        raise ConfigError(f"classes {list(classes)} must be non-empty and within 0..{num_classes - 1}")
+def class_index(classes: Sequence[int] | torch.Tensor, num_classes: int) -> torch.Tensor:
+    """`classes` as a long tensor, checked: non-empty, distinct, within 0..num_classes - 1."""
+    index = torch.as_tensor(classes, dtype=torch.long).flatten().cpu()
+    if (index.numel() == 0 or index.unique().numel() != index.numel() or index.min() < 0
+            or index.max() >= num_classes):
+        raise ConfigError(f"classes {index.tolist()} must be non-empty, distinct and within 0..{num_classes - 1}")
     return index

@@ -20,9 +20,9 @@ from torch.utils.data import TensorDataset
 
 from ..errors import ConfigError, DataError
 from ..models.build import ARCH_ATTR
-from ..train import TrainConfig, fit, predict
-from .bias import output_layer
-from .loss import kd_loss
+from ..train import TrainConfig, predict
+from .bias import class_index, output_layer
+from .student import DistillConfig, distill
 
 Classes = Sequence[int] | torch.Tensor
 
@@ -58,7 +58,7 @@ def enriched(train: TensorDataset, classes: Classes, seed: int = 0) -> TensorDat
     Examples keep their order in `train`; labels are `train.tensors[1]`.
     """
     labels = train.tensors[1]
-    index = _index(classes, int(labels.max()) + 1)
+    index = class_index(classes, int(labels.max()) + 1)
     inside = torch.isin(labels, index)  # (N,)
     own, others = inside.nonzero().squeeze(1), (~inside).nonzero().squeeze(1)
     if len(own) == 0:
@@ -81,7 +81,7 @@ def make_specialist(generalist: nn.Module, classes: Classes) -> nn.Module:
     """
     specialist = copy.deepcopy(generalist)
     name, old = output_layer(specialist)
-    index = _index(classes, old.out_features)
+    index = class_index(classes, old.out_features)
     rest = _complement(index, old.out_features)
     new = nn.Linear(old.in_features, len(index) + 1, device=old.weight.device, dtype=old.weight.dtype)
     bias = old.bias if old.bias is not None else torch.zeros(old.out_features, device=old.weight.device)
@@ -102,7 +102,7 @@ def collapse(log_probs: torch.Tensor, classes: Classes) -> torch.Tensor:
 
     log_probs (batch, C) -> (batch, S + 1): columns `classes` kept, then log sum_{j not in S} p_j.
     """
-    index = _index(classes, log_probs.shape[1]).to(log_probs.device)
+    index = class_index(classes, log_probs.shape[1]).to(log_probs.device)
     rest = _complement(index, log_probs.shape[1])
     dustbin = torch.logsumexp(log_probs[:, rest], dim=1, keepdim=True)  # (batch, 1)
     return torch.cat([log_probs[:, index], dustbin], dim=1)
@@ -121,20 +121,15 @@ def train_specialist(generalist: nn.Module, train: TensorDataset, classes: Class
     They are computed once, with the generalist in eval mode, and carried in the dataset.
     """
     num_classes = output_layer(generalist)[1].out_features
-    index = _index(classes, num_classes)
+    index = class_index(classes, num_classes)
     data = enriched(train, index, seed)
     images, labels = data.tensors[:2]
     teacher = collapse(F.log_softmax(predict(generalist, data), dim=1), index)  # (N, S + 1)
     to_specialist = torch.full((num_classes,), len(index), dtype=torch.long)
     to_specialist[index] = torch.arange(len(index))
     specialist = make_specialist(generalist, index)
-
-    def loss_fn(model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
-        x, y, soft = batch
-        return kd_loss(model(x), soft, y, T, alpha)
-
-    fit(specialist, TensorDataset(images, to_specialist[labels], teacher), config, loss_fn=loss_fn,
-        desc=f"specialist {index.tolist()}")
+    distill(specialist, teacher, TensorDataset(images, to_specialist[labels]),
+            DistillConfig(temperature=T, alpha=alpha, train=config), desc=f"specialist {index.tolist()}")
     return specialist
 
 
@@ -197,7 +192,7 @@ class SpecialistEnsemble(nn.Module):
         num_classes = output_layer(generalist)[1].out_features
         membership = torch.zeros(len(groups), num_classes, dtype=torch.bool)  # (specialists, C)
         for row, classes in zip(membership, groups):
-            row[_index(classes, num_classes)] = True
+            row[class_index(classes, num_classes)] = True
         self.generalist = generalist
         self.specialists = nn.ModuleList(specialists)
         self.register_buffer("membership", membership)
@@ -231,15 +226,6 @@ def train_specialists(generalist: nn.Module, train: TensorDataset, groups: int |
     specialists = [train_specialist(generalist, train, classes, config, T, alpha, seed + i)
                    for i, classes in enumerate(groups)]
     return SpecialistEnsemble(generalist, specialists, groups, top_n)
-
-
-def _index(classes: Classes, num_classes: int) -> torch.Tensor:
-    """`classes` as a long tensor, checked: non-empty, distinct, within 0..num_classes - 1."""
-    index = torch.as_tensor(classes, dtype=torch.long).flatten().cpu()
-    if (index.numel() == 0 or index.unique().numel() != index.numel() or index.min() < 0
-            or index.max() >= num_classes):
-        raise ConfigError(f"classes {index.tolist()} must be non-empty, distinct and within 0..{num_classes - 1}")
-    return index
 
 
 def _complement(index: torch.Tensor, num_classes: int) -> torch.Tensor:

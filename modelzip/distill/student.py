@@ -15,9 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from ..data import jitter
 from ..errors import ConfigError
-from ..train import EpochLog, LossFn, TrainConfig, fit
+from ..train import EpochLog, LossFn, TrainConfig, fit, jittered
 from .loss import kd_loss
 from .teachers import Teachers, cache_soft_logits, precomputed, soft_logits
 
@@ -81,7 +80,6 @@ def _cached_loss(config: DistillConfig, labeled: bool) -> LossFn:
 
 def _online_loss(teachers: nn.Module | Sequence[nn.Module], config: DistillConfig, labeled: bool) -> LossFn:
     def loss(model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
-        inputs = jitter(batch[0], config.jitter) if config.jitter else batch[0]
-        targets = soft_logits(teachers, inputs, config.temperature)
-        return kd_loss(model(inputs), targets, batch[1] if labeled else None, config.temperature, config.alpha)
-    return loss
+        targets = soft_logits(teachers, batch[0], config.temperature)
+        return kd_loss(model(batch[0]), targets, batch[1] if labeled else None, config.temperature, config.alpha)
+    return jittered(config.jitter, loss) if config.jitter else loss
