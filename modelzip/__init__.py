@@ -17,14 +17,16 @@ from .pipeline import Compressed, compress
 from .prune import PruneConfig, iterative_prune, prune_
 from .quantize import QuantizeConfig, quantize_, trained_quantization
 from .recipes import Recipe, load_recipe
+from .soft_sharing import GaussianMixturePrior, SoftSharingConfig, soft_weight_sharing
 from .train import TrainConfig, evaluate, fit, predict
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ChecksumError", "Compressed", "ConfigError", "DataBundle", "DataError", "DistillConfig", "FormatError",
-    "ModelError", "ModelzipError", "PruneConfig", "QuantizeConfig", "Recipe", "TrainConfig", "TruncatedError",
+    "GaussianMixturePrior", "ModelError", "ModelzipError", "PruneConfig", "QuantizeConfig", "Recipe",
+    "SoftSharingConfig", "TrainConfig", "TruncatedError",
     "build", "compress", "dumps", "evaluate", "fit", "header", "iterative_prune", "kd_loss", "load",
     "load_data", "load_recipe",
-    "loads", "predict", "prune_", "quantize_", "save", "strip", "trained_quantization",
+    "loads", "predict", "prune_", "quantize_", "save", "soft_weight_sharing", "strip", "trained_quantization",
 ]

@@ -53,6 +53,10 @@ def _compress(args: argparse.Namespace) -> int:
     if args.report:
         write_report(result.report, args.report)
     print_report(result.report)
+    if result.soft_sharing is not None:
+        from .soft_sharing.plots import write_plots  # matplotlib loads only when there is something to draw
+        paths = write_plots(result.soft_sharing, args.plots or Path(args.out).parent, Path(args.out).stem)
+        print(f"wrote {', '.join(map(str, paths))}")
     return 0
 
 
@@ -137,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"built-in recipe ({', '.join(built_in())}) or a YAML file")
     comp.add_argument("--out", required=True, help="the .mzip file to write")
     comp.add_argument("--report", help="write the JSON report here")
+    comp.add_argument("--plots", help="folder for the soft weight-sharing pictures (default: beside --out)")
     comp.add_argument("--seed", type=int, default=0)
     comp.set_defaults(run=_compress)
 

@@ -23,6 +23,7 @@ from .prune import iterative_prune
 from .quantize import trained_quantization
 from .recipes import Recipe, load_recipe
 from .report import build_report
+from .soft_sharing import SoftSharing, soft_weight_sharing
 from .train import cross_entropy, evaluate, fit
 
 
@@ -33,6 +34,7 @@ class Compressed:
     model: nn.Module
     data: bytes
     report: dict[str, Any]
+    soft_sharing: SoftSharing | None = None  # the priors and weight vectors of a soft weight-sharing stage
 
 
 def compress(model: nn.Module, data: DataBundle, recipe: Recipe | str = "deep-compression", *,
@@ -42,7 +44,9 @@ def compress(model: nn.Module, data: DataBundle, recipe: Recipe | str = "deep-co
     With `pretrained=False` the model is first trained with the recipe's `train` stage. With a
     `distill` stage the model is the teacher: a new student learns from it and is what gets
     compressed (its pruning retraining and quantization fine-tuning keep the distillation loss), and
-    the report's ratio and `accuracy_before` are the teacher's.
+    the report's ratio and `accuracy_before` are the teacher's. A `soft_sharing` stage retrains under
+    a Gaussian-mixture prior and quantizes to its means; `Compressed.soft_sharing` then holds the
+    priors and weight vectors the pictures are drawn from.
     """
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
     began = time.perf_counter()
@@ -61,6 +65,11 @@ def compress(model: nn.Module, data: DataBundle, recipe: Recipe | str = "deep-co
     if recipe.prune is not None:
         iterative_prune(work, train, recipe.prune, test=data.test, loss_fn=loss_fn)
         stages["after_prune"] = evaluate(work, data.test)
+    sharing = None
+    if recipe.soft_sharing is not None:
+        sharing = soft_weight_sharing(work, train, recipe.soft_sharing, test=data.test, loss_fn=loss_fn)
+        stages["after_prior"] = sharing.accuracy_retrained
+        stages["after_soft_sharing"] = evaluate(work, data.test)
     if recipe.quantize is not None:
         trained_quantization(work, train, recipe.quantize, test=data.test, seed=recipe.seed, loss_fn=loss_fn)
         stages["after_quantize"] = evaluate(work, data.test)
@@ -74,4 +83,4 @@ def compress(model: nn.Module, data: DataBundle, recipe: Recipe | str = "deep-co
         atomic_write(out, lambda f: f.write(blob))
     report = build_report(blob, dense_bytes=dense_bytes(model))
     report.update(stages=stages, seconds=round(time.perf_counter() - began, 1))
-    return Compressed(decoded, blob, report)
+    return Compressed(decoded, blob, report, sharing)

@@ -89,3 +89,28 @@ def test_distill_needs_one_weights_file_per_teacher(tmp_path, capsys):
                  "--data", "digits", "--out", str(tmp_path / "s.pt")]) == 2
     assert "one state_dict file per teacher (2)" in capsys.readouterr().err
     assert not (tmp_path / "s.pt").exists()
+
+
+SWS = """name: tiny-sws
+train: {epochs: 1, min_steps: 300, lr: 0.003}
+soft_sharing:
+  components: 9
+  tau: 3.0
+  lr_means: 0.001
+  lr_log_precision: 0.1
+  lr_mixing: 0.01
+  train: {epochs: 6, batch_size: 64}
+"""
+
+
+def test_compress_with_soft_weight_sharing_writes_the_pictures(tmp_path, capsys):
+    recipe, out = tmp_path / "sws.yaml", tmp_path / "net.mzip"
+    recipe.write_text(SWS)
+    assert main(["compress", "--model", "mlp-32", "--data", "digits", "--recipe", str(recipe), "--out", str(out),
+                 "--plots", str(tmp_path / "pictures")]) == 0
+    for name in ("net-joint.png", "net-mixture.png"):
+        picture = tmp_path / "pictures" / name
+        assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 10_000, name
+    assert "net-joint.png" in capsys.readouterr().out
+    assert main(["eval", str(out), "--data", "digits"]) == 0
+    assert float(capsys.readouterr().out.split("accuracy ")[1].split("%")[0]) > 85

@@ -20,6 +20,7 @@ from ..distill import DistillConfig
 from ..errors import ConfigError
 from ..prune import PruneConfig
 from ..quantize import QuantizeConfig
+from ..soft_sharing import SoftSharingConfig
 from ..train import TrainConfig
 
 BUILT_IN = Path(__file__).parent
@@ -41,8 +42,14 @@ class Recipe:
     train: TrainConfig = TrainConfig()  # only when the model comes without trained weights
     distill: DistillStage | None = None  # then the student is what gets pruned, quantized and encoded
     prune: PruneConfig | None = None
+    soft_sharing: SoftSharingConfig | None = None  # retrain under a mixture prior, quantize to its means
     quantize: QuantizeConfig | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.soft_sharing is not None and self.quantize is not None:
+            raise ConfigError("a recipe takes soft_sharing or quantize, not both: soft weight-sharing quantizes "
+                              "the weights to its mixture's means itself")
 
 
 def built_in() -> list[str]:

@@ -1,0 +1,93 @@
+"""Soft weight-sharing on the full MNIST: LeNet-300-100 and LeNet-5, side by side with Deep Compression.
+
+    .venv/bin/python benchmarks/soft_weight_sharing.py [--data mnist:../shared/data/mnist] [--models ...]
+
+Each model is trained once (the deep-compression recipe's train stage, as in deep_compression.py, so
+the same seed gives the same network), then compressed from that same trained network by both
+built-in recipes, soft-weight-sharing and deep-compression. Writes
+benchmarks/results/soft_weight_sharing.json, one object per model:
+- compression_ratio (dense fp32 bytes / .mzip file bytes), accuracy_before, accuracy_after (of the
+  module decoded from the file), nonzero_fraction (of the compressible layers' weights),
+  distinct_values (over every weight and bias, zero included), train_seconds (retraining under the
+  prior, merging and quantization, on this machine);
+- accuracy_retrained (after retraining, before quantization), file_bytes, layers (the report's rows),
+  components (the merged mixture: means, mixing proportions, weights per component);
+- deep_compression: compression_ratio, accuracy_after, nonzero_fraction, seconds of the same network.
+The pictures go to benchmarks/results/soft_weight_sharing-<model>-joint.png and -mixture.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import modelzip
+from deep_compression import SHARED_MNIST, trained
+from modelzip.recipes import load_recipe
+from modelzip.report import print_report
+from modelzip.soft_sharing.plots import write_plots
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "soft_weight_sharing.json"
+FILES = HERE / "results" / "files" / "soft_weight_sharing"
+
+
+def pretrained(name: str, data: modelzip.DataBundle) -> torch.nn.Module:
+    """The trained network, cached: it is the starting point of both recipes."""
+    path = FILES / f"{name}-pretrained.pt"
+    if path.exists():
+        return modelzip.build(name, data.input_shape, data.num_classes, weights=path)
+    model = trained(name, data, load_recipe("deep-compression"))
+    torch.save(model.state_dict(), path)
+    return model
+
+
+def nonzero_fraction(report: dict) -> float:
+    return sum(r["kept_fraction"] * r["weights"] for r in report["layers"]) / sum(r["weights"] for r in report["layers"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=f"mnist:{SHARED_MNIST}")
+    parser.add_argument("--models", nargs="+", default=["lenet-300-100", "lenet-5"])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    data = modelzip.load_data(args.data)
+    results: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
+    FILES.mkdir(parents=True, exist_ok=True)
+    for name in args.models:
+        model = pretrained(name, data)
+        sws = modelzip.compress(model, data, "soft-weight-sharing", out=FILES / f"{name}-sws.mzip")
+        print_report(sws.report)
+        write_plots(sws.soft_sharing, HERE / "results", f"soft_weight_sharing-{name}")
+        dc = modelzip.compress(model, data, "deep-compression", out=FILES / f"{name}-dc.mzip")
+        print_report(dc.report)
+        run, report = sws.soft_sharing, sws.report
+        values = torch.cat([p.detach().flatten() for p in sws.model.parameters()])
+        results[name] = {
+            "compression_ratio": report["compression_ratio"],
+            "accuracy_before": report["accuracy_before"],
+            "accuracy_after": report["accuracy_after"],
+            "nonzero_fraction": nonzero_fraction(report),
+            "distinct_values": len(values.unique()),
+            "train_seconds": report["seconds"],
+            "accuracy_retrained": report["stages"]["after_prior"],
+            "file_bytes": report["file_bytes"],
+            "dense_bytes": report["dense_bytes"],
+            "layers": report["layers"],
+            "components": {"means": run.merged.all_means().tolist(), "mixing": run.merged.mixing().tolist(),
+                           "weights": run.counts.tolist()},
+            "deep_compression": {"compression_ratio": dc.report["compression_ratio"],
+                                 "accuracy_after": dc.report["accuracy_after"],
+                                 "nonzero_fraction": nonzero_fraction(dc.report), "seconds": dc.report["seconds"]},
+        }
+        print(json.dumps({k: v for k, v in results[name].items() if k not in ("layers",)}, indent=1))
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The three steps of soft weight-sharing: (pre)trained model -> retrain under the prior -> merge + quantize.
+
+The prior enters training the way every method here does, through `fit`'s `loss_fn` (task loss +
+tau/N * -log p(w)) and `param_groups` (the mixture's means, precisions and mixing proportions get
+their own learning rates, as in the paper).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.utils.data import TensorDataset
+
+from ..errors import ConfigError
+from ..layers import strip, targets
+from ..quantize import SharedWeights
+from ..train import EpochLog, LossFn, TrainConfig, cross_entropy, evaluate, fit
+from .merge import merge_components, quantize_to_means_
+from .prior import Gamma, GaussianMixturePrior
+
+
+@dataclass(frozen=True)
+class SoftSharingConfig:
+    """The prior's settings, with the paper's values for MNIST LeNets as defaults."""
+
+    components: int = 17  # J: 16 learned + the zero component
+    pi_zero: float = 0.99  # the zero component's fixed mixing proportion
+    # loss = task loss + tau / N * (-log p(w, lambda)), N = training examples: tau weighs the whole
+    # data set's likelihood against the prior, independent of the batch size
+    tau: float = 0.003
+    init_std: float = 0.25  # every component starts this wide
+    # Gamma hyper-priors on the precisions, both expecting std ~0.02: firm for the zero component
+    # (it holds most weights), looser for the others
+    hyper_zero: Gamma = Gamma(5000.0, 2.0)
+    hyper: Gamma = Gamma(250.0, 0.1)
+    lr_means: float = 1e-4
+    lr_log_precision: float = 3e-3
+    lr_mixing: float = 3e-3
+    merge_kl: float = 1.0  # merge components whose symmetric KL divergence is below this
+    biases: bool = True  # the prior (and so quantization) covers the compressible layers' biases too
+    train: TrainConfig = TrainConfig(epochs=30, batch_size=256, lr=5e-4)
+    # after quantization: train the shared means themselves (every weight keeps its component), as
+    # Deep Compression trains its centroids; None keeps the paper's procedure, which stops at quantization
+    finetune: TrainConfig | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.pi_zero < 1.0 or self.tau < 0 or self.merge_kl < 0:
+            raise ConfigError(f"soft weight-sharing needs 0 < pi_zero < 1, tau >= 0 and merge_kl >= 0, got {self}")
+        if min(self.lr_means, self.lr_log_precision, self.lr_mixing) <= 0:
+            raise ConfigError(f"the prior's learning rates must be > 0, got {self}")
+
+
+@dataclass
+class SoftSharing:
+    """What a run gives besides the quantized model: the learned and merged priors, and the flat
+    vectors of the covered weights before and after retraining (for the plots)."""
+
+    prior: GaussianMixturePrior
+    merged: GaussianMixturePrior
+    pretrained: torch.Tensor  # (n,)
+    retrained: torch.Tensor  # (n,), before quantization
+    counts: torch.Tensor  # (J',) weights per merged component
+    logs: list[EpochLog] = field(default_factory=list)
+    accuracy_retrained: float | None = None
+
+
+def covered(model: nn.Module, biases: bool = True) -> dict[str, tuple[nn.Module, str]]:
+    """The tensors under the prior: every compressible weight, and (if `biases`) those layers' biases."""
+    found: dict[str, tuple[nn.Module, str]] = {}
+    for t in targets(model):
+        found[f"{t.name}.{t.param}"] = (t.module, t.param)
+        if biases and isinstance(getattr(t.module, "bias", None), torch.Tensor):
+            found[f"{t.name}.bias"] = (t.module, "bias")
+    return found
+
+
+def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1) for t in tensors]).cpu().clone()
+
+
+def soft_weight_sharing(model: nn.Module, train: TensorDataset, config: SoftSharingConfig = SoftSharingConfig(), *,
+                        test: TensorDataset | None = None, loss_fn: LossFn = cross_entropy) -> SoftSharing:
+    """Retrain `model` (in place) under a Gaussian-mixture prior, merge its components, quantize.
+
+    The model should come trained: the prior's means start spread over its weights' range. Existing
+    prune masks are baked in first (pruned weights stay exactly zero, in the zero component). On
+    return every covered tensor holds only the merged prior's means, 0 included.
+    """
+    strip(model)
+    where = covered(model, config.biases)
+
+    def tensors() -> list[torch.Tensor]:
+        return [getattr(module, name) for module, name in where.values()]
+
+    pretrained = _flat(tensors())
+    device = tensors()[0].device
+    prior = GaussianMixturePrior.initial(pretrained, config.components, config.pi_zero, config.init_std,
+                                         config.hyper_zero, config.hyper).to(device)
+    scale = config.tau / len(train)
+
+    def loss(m: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+        return loss_fn(m, batch) + scale * prior(tensors())
+
+    groups = [
+        {"params": [p for p in model.parameters() if p.requires_grad]},
+        {"params": [prior.means], "lr": config.lr_means},
+        {"params": [prior.log_precision], "lr": config.lr_log_precision},
+        {"params": [prior.mixing_logits], "lr": config.lr_mixing},
+    ]
+    logs = fit(model, train, config.train, test=test, loss_fn=loss, param_groups=groups, desc="soft sharing")
+    retrained = _flat(tensors())
+    accuracy = evaluate(model, test) if test is not None else None
+    merged = merge_components(prior.cpu(), config.merge_kl).to(device)
+    codes = quantize_to_means_(tensors(), merged)
+    if config.finetune is not None:
+        _train_means(model, list(where.values()), codes, merged, train, config.finetune, test, loss_fn)
+    counts = torch.bincount(torch.cat([c.flatten() for c in codes]).cpu(), minlength=merged.components)
+    return SoftSharing(prior.cpu(), merged.cpu(), pretrained, retrained, counts, logs, accuracy)
+
+
+def _train_means(model: nn.Module, where: list[tuple[nn.Module, str]], codes: list[torch.Tensor],
+                 merged: GaussianMixturePrior, train: TensorDataset, config: TrainConfig,
+                 test: TensorDataset | None, loss_fn: LossFn) -> None:
+    """Fine-tune the codebook: one parameter of means shared by every covered tensor (code 0 stays 0)."""
+    means = nn.Parameter(merged.means.detach().clone())
+    for (module, name), code in zip(where, codes):
+        sharing = SharedWeights(means.detach(), code)
+        sharing.centroids = means  # the same Parameter everywhere: a single codebook for the model
+        parametrize.register_parametrization(module, name, sharing)
+        module.parametrizations[name].original.requires_grad_(False)
+    fit(model, train, config, test=test, loss_fn=loss_fn, desc="soft sharing: means")
+    strip(model)
+    with torch.no_grad():
+        merged.means.copy_(means)
