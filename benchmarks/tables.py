@@ -15,6 +15,8 @@ def main() -> None:
     deep_compression()
     print()
     distillation()
+    print()
+    soft_weight_sharing()
 
 
 def deep_compression() -> None:
@@ -109,6 +111,24 @@ def distillation() -> None:
           f"targets {d['cached_epoch_ratio']:.2f}x a plain epoch, with the teacher run online "
           f"{d['uncached_epoch_ratio']:.2f}x (the one teacher pass that fills the cache: "
           f"{s['teacher_pass_for_cache'] / s['plain']:.2f}x a plain epoch).")
+
+
+def soft_weight_sharing() -> None:
+    sws = json.loads((RESULTS / "soft_weight_sharing.json").read_text())
+    paper = {"lenet-300-100": ("1.89% -> 1.94%", "4.3%", "64x"), "lenet-5": ("0.88% -> 0.97%", "0.5%", "162x")}
+    print("| model (full MNIST) | method | error before -> after | non-zero | values | file | ratio | time |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in ("lenet-300-100", "lenet-5"):
+        if name not in sws:
+            continue
+        r, dc = sws[name], sws[name]["deep_compression"]
+        before = f"{100 * (1 - r['accuracy_before']):.2f}%"
+        print(f"| {name} | soft weight-sharing | {before} -> {100 * (1 - r['accuracy_after']):.2f}% "
+              f"| {100 * r['nonzero_fraction']:.1f}% | {r['distinct_values']} | {r['file_bytes']:,} B "
+              f"| **{r['compression_ratio']:.1f}x** | {r['train_seconds'] / 60:.0f} min |")
+        print(f"| {name} | deep compression, same network | {before} -> {100 * (1 - dc['accuracy_after']):.2f}% "
+              f"| {100 * dc['nonzero_fraction']:.1f}% | | | {dc['compression_ratio']:.1f}x | {dc['seconds'] / 60:.0f} min |")
+        print(f"| {name} | paper (Ullrich et al.) | {paper[name][0]} | {paper[name][1]} | | | {paper[name][2]} | |")
 
 
 if __name__ == "__main__":

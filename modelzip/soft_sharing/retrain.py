@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..layers import strip, targets
 from ..quantize import SharedWeights
 from ..train import EpochLog, LossFn, TrainConfig, cross_entropy, evaluate, fit
-from .merge import merge_components, quantize_to_means_
+from .merge import assign, merge_components, quantize_to_means_
 from .prior import Gamma, GaussianMixturePrior
 
 
@@ -41,8 +41,9 @@ class SoftSharingConfig:
     merge_kl: float = 1.0  # merge components whose symmetric KL divergence is below this
     biases: bool = True  # the prior (and so quantization) covers the compressible layers' biases too
     train: TrainConfig = TrainConfig(epochs=30, batch_size=256, lr=5e-4)
-    # after quantization: train the shared means themselves (every weight keeps its component), as
-    # Deep Compression trains its centroids; None keeps the paper's procedure, which stops at quantization
+    # after quantization: train on with every kept weight snapped to its nearest mean (straight-through
+    # gradients) and the means trained too, as Deep Compression trains its centroids; None keeps the
+    # paper's procedure, which stops at quantization
     finetune: TrainConfig | None = None
 
     def __post_init__(self) -> None:
@@ -113,24 +114,43 @@ def soft_weight_sharing(model: nn.Module, train: TensorDataset, config: SoftShar
     retrained = _flat(tensors())
     accuracy = evaluate(model, test) if test is not None else None
     merged = merge_components(prior.cpu(), config.merge_kl).to(device)
-    codes = quantize_to_means_(tensors(), merged)
-    if config.finetune is not None:
-        _train_means(model, list(where.values()), codes, merged, train, config.finetune, test, loss_fn)
+    if config.finetune is None:
+        codes = quantize_to_means_(tensors(), merged)
+    else:  # the weights keep their retrained values underneath: snapping decides afresh at every step
+        codes = _train_means(model, list(where.values()), assign(tensors(), merged), merged, train,
+                             config.finetune, test, loss_fn)
     counts = torch.bincount(torch.cat([c.flatten() for c in codes]).cpu(), minlength=merged.components)
     return SoftSharing(prior.cpu(), merged.cpu(), pretrained, retrained, counts, logs, accuracy)
 
 
+class SnapToMeans(nn.Module):
+    """Parametrization for training with the codebook in place: each kept weight is replaced by the
+    nearest shared mean in the forward pass, while the gradient passes straight through to the weight
+    underneath (and, summed over the weights that use it, to each mean). Pruned weights stay +0.0."""
+
+    def __init__(self, means: nn.Parameter, keep: torch.Tensor) -> None:
+        super().__init__()
+        self.means = means  # one Parameter shared by every covered tensor: a single codebook
+        self.register_buffer("keep", keep)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        nearest = (weight.detach().reshape(-1, 1) - self.means.detach()).abs().argmin(1).view_as(weight)
+        snapped = self.means[nearest] + (weight - weight.detach())  # the value of the mean, the weight's gradient
+        return torch.where(self.keep, snapped, torch.zeros((), dtype=weight.dtype, device=weight.device))
+
+
 def _train_means(model: nn.Module, where: list[tuple[nn.Module, str]], codes: list[torch.Tensor],
                  merged: GaussianMixturePrior, train: TensorDataset, config: TrainConfig,
-                 test: TensorDataset | None, loss_fn: LossFn) -> None:
-    """Fine-tune the codebook: one parameter of means shared by every covered tensor (code 0 stays 0)."""
+                 test: TensorDataset | None, loss_fn: LossFn) -> list[torch.Tensor]:
+    """Train the network with its weights snapped to the merged means (straight-through), and the
+    means themselves; the zero component stays pruned. Returns the final component of every element."""
     means = nn.Parameter(merged.means.detach().clone())
     for (module, name), code in zip(where, codes):
-        sharing = SharedWeights(means.detach(), code)
-        sharing.centroids = means  # the same Parameter everywhere: a single codebook for the model
-        parametrize.register_parametrization(module, name, sharing)
-        module.parametrizations[name].original.requires_grad_(False)
-    fit(model, train, config, test=test, loss_fn=loss_fn, desc="soft sharing: means")
+        parametrize.register_parametrization(module, name, SnapToMeans(means, code != 0))
+    fit(model, train, config, test=test, loss_fn=loss_fn, desc="soft sharing: snapped")
     strip(model)
     with torch.no_grad():
         merged.means.copy_(means)
+    all_means = merged.all_means().detach()
+    return [(getattr(module, name).detach().reshape(-1, 1) == all_means).float().argmax(1).view_as(code)
+            for (module, name), code in zip(where, codes)]

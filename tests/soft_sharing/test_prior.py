@@ -6,7 +6,6 @@ import torch
 
 from modelzip.errors import ConfigError
 from modelzip.soft_sharing import Gamma, GaussianMixturePrior
-from modelzip.soft_sharing.prior import _MixtureLogProb
 
 
 def _prior() -> GaussianMixturePrior:
@@ -76,11 +75,3 @@ def test_bad_gamma_is_a_config_error():
     with pytest.raises(ConfigError, match="alpha > 0"):
         Gamma(0.0, 1.0)
 
-
-def test_the_hand_written_gradients_pass_gradcheck():
-    w = torch.tensor([0.05, 0.4, -0.45, 0.0, 1.3], dtype=torch.float64)
-    means = torch.tensor([0.0, 0.5, -0.5], dtype=torch.float64)
-    log_precision = torch.tensor([100.0, 4.0, 16.0], dtype=torch.float64).log()
-    log_mixing = torch.tensor([0.9, 0.075, 0.025], dtype=torch.float64).log()
-    inputs = tuple(t.clone().requires_grad_() for t in (w, means, log_precision, log_mixing))
-    assert torch.autograd.gradcheck(_MixtureLogProb.apply, inputs)
