@@ -15,7 +15,6 @@ from torch.utils.data import TensorDataset
 
 from ..errors import ConfigError
 from ..layers import strip, targets
-from ..quantize import SharedWeights
 from ..train import EpochLog, LossFn, TrainConfig, cross_entropy, evaluate, fit
 from .merge import assign, merge_components, quantize_to_means_
 from .prior import Gamma, GaussianMixturePrior
