@@ -22,3 +22,4 @@ test: setup
 
 benchmarks: setup
 	$(PY) benchmarks/deep_compression.py
+	$(PY) benchmarks/soft_weight_sharing.py

@@ -61,7 +61,7 @@ class SoftSharing:
     merged: GaussianMixturePrior
     pretrained: torch.Tensor  # (n,)
     retrained: torch.Tensor  # (n,), before quantization
-    counts: torch.Tensor  # (J',) weights per merged component
+    counts: torch.Tensor  # (J',) elements per merged component, the zero component's first
     logs: list[EpochLog] = field(default_factory=list)
     accuracy_retrained: float | None = None
 
@@ -113,10 +113,10 @@ def soft_weight_sharing(model: nn.Module, train: TensorDataset, config: SoftShar
     retrained = _flat(tensors())
     accuracy = evaluate(model, test) if test is not None else None
     merged = merge_components(prior.cpu(), config.merge_kl).to(device)
-    if config.finetune is None:
+    if config.finetune is None or merged.components == 1:  # (nothing to snap to when all merged into zero)
         codes = quantize_to_means_(tensors(), merged)
     else:  # the weights keep their retrained values underneath: snapping decides afresh at every step
-        codes = _train_means(model, list(where.values()), assign(tensors(), merged), merged, train,
+        codes = _snapped_training(model, list(where.values()), assign(tensors(), merged), merged, train,
                              config.finetune, test, loss_fn)
     counts = torch.bincount(torch.cat([c.flatten() for c in codes]).cpu(), minlength=merged.components)
     return SoftSharing(prior.cpu(), merged.cpu(), pretrained, retrained, counts, logs, accuracy)
@@ -138,7 +138,7 @@ class SnapToMeans(nn.Module):
         return torch.where(self.keep, snapped, torch.zeros((), dtype=weight.dtype, device=weight.device))
 
 
-def _train_means(model: nn.Module, where: list[tuple[nn.Module, str]], codes: list[torch.Tensor],
+def _snapped_training(model: nn.Module, where: list[tuple[nn.Module, str]], codes: list[torch.Tensor],
                  merged: GaussianMixturePrior, train: TensorDataset, config: TrainConfig,
                  test: TensorDataset | None, loss_fn: LossFn) -> list[torch.Tensor]:
     """Train the network with its weights snapped to the merged means (straight-through), and the
