@@ -36,13 +36,7 @@ def deep_compression() -> None:
     print()
     for name in ("lenet-300-100", "lenet-5"):
         print(f"{name}, per layer:\n")
-        print("| layer | weights | kept | weight bits P+Q / Huffman | index bits P+Q / Huffman | bytes | ratio |")
-        print("|---|---|---|---|---|---|---|")
-        for row in dc[name]["layers"]:
-            index = f"{row['index_bits_pq']} / {row['index_bits']:.2f}" if row["index_bits"] else "- (dense)"
-            print(f"| {row['name']} | {row['weights']:,} | {100 * row['kept_fraction']:.1f}% "
-                  f"| {row['weight_bits_pq']} / {row['weight_bits']:.2f} | {index} | {row['bytes']:,} "
-                  f"| {row['compression_ratio']:.1f}x |")
+        layer_table(dc[name]["layers"])
         print()
     stock, ours = dc["stock_route"], dc["lenet-300-100"]
     print("| LeNet-300-100, same sparsity and bits | file | ratio | accuracy |")
@@ -56,6 +50,16 @@ def deep_compression() -> None:
           f"({dc['huffman_stream_bits_over_entropy']:.4f}x with the code tables). "
           f"`modelzip.load` takes {dc['load_time_ratio']:.2f}x the time of `torch.load` of the dense state_dict.")
 
+
+
+def layer_table(rows: list[dict]) -> None:
+    print("| layer | weights | kept | weight bits P+Q / Huffman | index bits P+Q / Huffman | bytes | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        index = f"{row['index_bits_pq']} / {row['index_bits']:.2f}" if row["index_bits"] else "- (dense)"
+        print(f"| {row['name']} | {row['weights']:,} | {100 * row['kept_fraction']:.1f}% "
+              f"| {row['weight_bits_pq']} / {row['weight_bits']:.2f} | {index} | {row['bytes']:,} "
+              f"| {row['compression_ratio']:.1f}x |")
 
 
 def distillation() -> None:
@@ -129,6 +133,12 @@ def soft_weight_sharing() -> None:
         print(f"| {name} | deep compression, same network | {before} -> {100 * (1 - dc['accuracy_after']):.2f}% "
               f"| {100 * dc['nonzero_fraction']:.1f}% | | | {dc['compression_ratio']:.1f}x | {dc['seconds'] / 60:.0f} min |")
         print(f"| {name} | paper (Ullrich et al.) | {paper[name][0]} | {paper[name][1]} | | | {paper[name][2]} | |")
+    for name in ("lenet-300-100", "lenet-5"):
+        if name in sws:
+            r = sws[name]
+            print(f"\n{name}, soft weight-sharing, per layer (retrained: {100 * r['accuracy_retrained']:.2f}%; "
+                  f"{len(r['components']['means'])} shared values):\n")
+            layer_table(r["layers"])
 
 
 if __name__ == "__main__":
