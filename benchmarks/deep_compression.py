@@ -118,12 +118,17 @@ def load_time_ratio(model: torch.nn.Module, path: Path, tmp: Path, repeats: int 
     return statistics.median(ours) / statistics.median(theirs)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def lenet_arguments(doc: str, results: Path) -> argparse.Namespace:
+    """The options of the benchmarks on the two LeNets: data, models, results file."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--data", default=f"mnist:{SHARED_MNIST}")
     parser.add_argument("--models", nargs="+", default=["lenet-300-100", "lenet-5"])
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=results)
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = lenet_arguments(__doc__, RESULTS)
     data = modelzip.load_data(args.data)
     results: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
     tmp = args.out.parent / "files"

@@ -20,7 +20,6 @@ The pictures go to benchmarks/results/soft_weight_sharing-<model>-joint.png and 
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 
 import modelzip
-from deep_compression import SHARED_MNIST, trained
+from deep_compression import lenet_arguments, trained
 from modelzip.recipes import load_recipe
 from modelzip.report import print_report
 from modelzip.soft_sharing import covered, merge_components, quantize_to_means_
@@ -73,11 +72,7 @@ def nonzero_fraction(report: dict) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=f"mnist:{SHARED_MNIST}")
-    parser.add_argument("--models", nargs="+", default=["lenet-300-100", "lenet-5"])
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = lenet_arguments(__doc__, RESULTS)
     data = modelzip.load_data(args.data)
     FILES.mkdir(parents=True, exist_ok=True)
     for name in args.models:
