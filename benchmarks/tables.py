@@ -127,9 +127,14 @@ def soft_weight_sharing() -> None:
             continue
         r, dc = sws[name], sws[name]["deep_compression"]
         before = f"{100 * (1 - r['accuracy_before']):.2f}%"
-        print(f"| {name} | soft weight-sharing | {before} -> {100 * (1 - r['accuracy_after']):.2f}% "
+        print(f"| {name} | soft weight-sharing, tau {r['tau']:g} | {before} -> {100 * (1 - r['accuracy_after']):.2f}% "
               f"| {100 * r['nonzero_fraction']:.1f}% | {r['distinct_values']} | {r['file_bytes']:,} B "
               f"| **{r['compression_ratio']:.1f}x** | {r['train_seconds'] / 60:.0f} min |")
+        if "paper_procedure" in r:
+            pp = r["paper_procedure"]
+            print(f"| {name} | the same run, stopped where the paper stops | {before} -> "
+                  f"{100 * (1 - pp['accuracy_after']):.2f}% | {100 * r['nonzero_fraction']:.1f}% | | "
+                  f"| {pp['compression_ratio']:.1f}x | |")
         print(f"| {name} | deep compression, same network | {before} -> {100 * (1 - dc['accuracy_after']):.2f}% "
               f"| {100 * dc['nonzero_fraction']:.1f}% | | | {dc['compression_ratio']:.1f}x | {dc['seconds'] / 60:.0f} min |")
         print(f"| {name} | paper (Ullrich et al.) | {paper[name][0]} | {paper[name][1]} | | | {paper[name][2]} | |")
