@@ -68,7 +68,8 @@ def paper_procedure(result: modelzip.Compressed, data: modelzip.DataBundle, merg
 
 
 def nonzero_fraction(report: dict) -> float:
-    return sum(r["kept_fraction"] * r["weights"] for r in report["layers"]) / sum(r["weights"] for r in report["layers"])
+    layers = report["layers"]
+    return sum(r["kept_fraction"] * r["weights"] for r in layers) / sum(r["weights"] for r in layers)
 
 
 def main() -> int:

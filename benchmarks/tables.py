@@ -136,7 +136,8 @@ def soft_weight_sharing() -> None:
                   f"{100 * (1 - pp['accuracy_after']):.2f}% | {100 * r['nonzero_fraction']:.1f}% | | "
                   f"| {pp['compression_ratio']:.1f}x | |")
         print(f"| {name} | deep compression, same network | {before} -> {100 * (1 - dc['accuracy_after']):.2f}% "
-              f"| {100 * dc['nonzero_fraction']:.1f}% | | | {dc['compression_ratio']:.1f}x | {dc['seconds'] / 60:.0f} min |")
+              f"| {100 * dc['nonzero_fraction']:.1f}% | | | {dc['compression_ratio']:.1f}x "
+              f"| {dc['seconds'] / 60:.0f} min |")
         print(f"| {name} | paper (Ullrich et al.) | {paper[name][0]} | {paper[name][1]} | | | {paper[name][2]} | |")
     for name in ("lenet-300-100", "lenet-5"):
         if name in sws:

@@ -111,7 +111,8 @@ class GaussianMixturePrior(nn.Module):
 
     def neg_log_hyperprior(self) -> torch.Tensor:
         """-log of the Gamma hyper-priors on the precisions (zero component's own, then the rest)."""
-        return self.hyper_zero.neg_log_prob(self.log_precision[0]) + self.hyper.neg_log_prob(self.log_precision[1:]).sum()
+        zero, rest = self.log_precision[0], self.log_precision[1:]
+        return self.hyper_zero.neg_log_prob(zero) + self.hyper.neg_log_prob(rest).sum()
 
     def forward(self, weights: Iterable[torch.Tensor]) -> torch.Tensor:
         """The complexity loss -log p(w, lambda) of the given weight tensors (the paper's L_C, tau aside)."""
