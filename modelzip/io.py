@@ -16,7 +16,8 @@ from . import codec
 from .atomic import atomic_write
 from .errors import FormatError, ModelError
 from .layers import parameter_count, plain_state_dict
-from .models import arch_of, rebuild
+from .models import apply_edits, arch_of, rebuild
+from .models.edits import ARCH_ATTR
 
 FORMAT_NAME = "modelzip"
 
@@ -62,6 +63,7 @@ def loads(data: bytes, model: nn.Module | None = None, *, allow_import: bool = F
             model = rebuild(arch, allow_import=allow_import)  # it has state outside the state_dict
             _assign(model, state)
     else:
+        _fit_structure(model, meta.get("arch"), state)
         _assign(model, state)
     return model.eval()
 
@@ -80,6 +82,17 @@ def load(path: str | Path, model: nn.Module | None = None, *, allow_import: bool
 def header(path: str | Path) -> dict[str, Any]:
     """The parsed header of a .mzip file (encodings, sizes, meta) without decoding any weights."""
     return codec.read_header(path)
+
+
+def _fit_structure(model: nn.Module, arch: Any, state: dict[str, torch.Tensor]) -> None:
+    """Replay the file's structural edits on a given model that still has its original shapes."""
+    edits = arch.get("edits") if isinstance(arch, dict) else None
+    if not edits:
+        return
+    own = model.state_dict()
+    if state.keys() != own.keys() or any(own[k].shape != t.shape for k, t in state.items()):
+        apply_edits(model, edits)
+        setattr(model, ARCH_ATTR, arch)
 
 
 def _assign(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

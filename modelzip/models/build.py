@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from .edits import ARCH_ATTR, apply_edits
 from .reference import MODELS
-
-ARCH_ATTR = "modelzip_arch"
 
 
 MLP_NAME = re.compile(r"mlp(-[1-9][0-9]*)+")
@@ -47,7 +46,10 @@ def build(spec: str, input_shape: tuple[int, ...] = (1, 28, 28), num_classes: in
 
 def rebuild(arch: dict[str, Any], *, allow_import: bool = False, device: str | torch.device | None = None
             ) -> nn.Module:
-    """Construct the module an `arch` record describes (on `device`, e.g. "meta" to skip initialisation)."""
+    """Construct the module an `arch` record describes (on `device`, e.g. "meta" to skip initialisation).
+
+    Structural edits in the record (channels removed, layers factorized) are replayed on the result.
+    """
     builder, kwargs = _builder(arch, allow_import)
     with torch.device(device) if device is not None else contextlib.nullcontext():
         try:
@@ -56,6 +58,8 @@ def rebuild(arch: dict[str, Any], *, allow_import: bool = False, device: str | t
             raise ModelError(f"cannot build {arch.get('name', arch.get('import'))}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{arch} returned {type(model).__name__}, not a torch.nn.Module")
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        apply_edits(model, arch.get("edits", []))
     setattr(model, ARCH_ATTR, arch)
     return model
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from math import prod
 
+import torch
 from torch import nn
 
 from ..errors import ModelError
@@ -18,18 +19,40 @@ from .activations import ACTIVATIONS
 MODELS: Registry = Registry("model", ModelError)
 
 
+class Select(nn.Module):
+    """Keeps the input features listed in `index` (all of them when built): the removable inputs of a network.
+
+    Neuron-level slimming (Liu et al. 2017, MNIST MLP) removes input pixels as well as hidden units; the
+    pixels a network keeps are then this layer's index, and the first layer shrinks with it.
+    """
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.register_buffer("index", torch.arange(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(1, self.index)
+
+
 @MODELS.register("mlp")
 def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] | list[int],
-        dropout: float = 0.0, activation: str = "relu") -> nn.Sequential:
+        dropout: float = 0.0, activation: str = "relu", batch_norm: bool = False) -> nn.Sequential:
     """A fully connected network; `dropout` (after each hidden layer) for teachers, `activation` by name.
 
-    `build("mlp-30-30")` makes one of these with hidden=(30, 30).
+    `build("mlp-30-30")` makes one of these with hidden=(30, 30). With `batch_norm`, the inputs pass a
+    `Select` and a BatchNorm1d (norm0) and every hidden layer has one (norm1, ...): their scales are what
+    network slimming prunes, inputs included.
     """
     act = ACTIVATIONS.get(activation)
     layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
     width = prod(input_shape)
+    if batch_norm:
+        layers["select"] = Select(width)
+        layers["norm0"] = nn.BatchNorm1d(width)
     for i, h in enumerate(hidden, start=1):
         layers[f"fc{i}"] = nn.Linear(width, h)
+        if batch_norm:
+            layers[f"norm{i}"] = nn.BatchNorm1d(h)
         layers[f"act{i}"] = act(h)
         if dropout:
             layers[f"drop{i}"] = nn.Dropout(dropout)
@@ -81,6 +104,42 @@ def lenet_5(input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10,
         act1=ACTIVATIONS.get(activation)(500),
         fc2=nn.Linear(500, num_classes),
     ))
+
+
+@MODELS.register("vgg-bn")
+def vgg_bn(input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10,
+           widths: tuple[int | str, ...] | list[int | str] = (16, 16, "M", 32, 32, "M", 64, 64, "M"),
+           hidden: int = 128) -> nn.Sequential:
+    """A VGG-style CNN with batch norm (Simonyan & Zisserman 2015; as slimmed by Liu et al. 2017).
+
+    `widths` lists 3x3 conv widths ("M" = 2x2 max-pool); each conv is conv -> BatchNorm2d -> ReLU. The
+    classifier flattens the last feature map into fc1 (hidden units, with batch norm) and fc2. Default
+    widths are the MNIST-sized half of a small VGG: 7.3M multiply-adds per 28x28 image.
+    """
+    channels, height, width = _image_shape(input_shape)
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    conv = pool = 0
+    for w in widths:
+        if w == "M":
+            pool += 1
+            layers[f"pool{pool}"] = nn.MaxPool2d(2)
+            height, width = height // 2, width // 2
+            continue
+        if not isinstance(w, int) or w < 1:
+            raise ModelError(f"vgg-bn widths are positive ints or 'M', got {w!r}")
+        conv += 1
+        layers[f"conv{conv}"] = nn.Conv2d(channels, w, 3, padding=1, bias=False)
+        layers[f"norm{conv}"] = nn.BatchNorm2d(w)
+        layers[f"act{conv}"] = nn.ReLU()
+        channels = w
+    if height < 1 or width < 1:
+        raise ModelError(f"vgg-bn: {pool} pools shrink the {input_shape} input to nothing")
+    layers["flatten"] = nn.Flatten()
+    layers["fc1"] = nn.Linear(channels * height * width, hidden, bias=False)
+    layers["norm_fc1"] = nn.BatchNorm1d(hidden)
+    layers["act_fc1"] = nn.ReLU()
+    layers["fc2"] = nn.Linear(hidden, num_classes)
+    return nn.Sequential(layers)
 
 
 def _image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
