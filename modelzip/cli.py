@@ -15,7 +15,7 @@ from .atomic import atomic_write
 from .data import load_data, split
 from .distill import DistillConfig, adjust_bias_, distill, search_bias_offset, without_classes
 from .errors import ConfigError, ModelzipError
-from .models import build
+from .models import arch_of, build
 from .pipeline import compress
 from .recipes import built_in, load_recipe
 from .report import print_report, write_report
@@ -122,6 +122,29 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile(args: argparse.Namespace) -> int:
+    from .profile import compare, print_comparison, profile
+
+    if len(args.files) > 2:
+        raise ConfigError(f"profile takes one file, or two to compare; got {len(args.files)}")
+    models = [io.load(f, allow_import=args.allow_import) for f in args.files]
+    shape = tuple(args.input_shape) if args.input_shape else _input_shape(models[0], args.files[0])
+    profiles = [profile(m, shape, repeats=args.repeats) for m in models]
+    comparison = compare(profiles[0], profiles[-1])
+    if args.json:
+        print(json.dumps(comparison if len(models) == 2 else profiles[0].to_json(), indent=2))
+    else:
+        print_comparison(comparison)
+    return 0
+
+
+def _input_shape(model: torch.nn.Module, path: str) -> tuple[int, ...]:
+    shape = ((arch_of(model) or {}).get("kwargs") or {}).get("input_shape")
+    if not shape:
+        raise ConfigError(f"{path} does not record its input shape; give --input-shape C H W")
+    return tuple(shape)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="modelzip", description="Make neural networks small: prune, "
                                      "quantize, Huffman-code and distill PyTorch models into .mzip files.")
@@ -185,6 +208,15 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("file")
     ins.add_argument("--json", action="store_true", help="print the raw header as JSON")
     ins.set_defaults(run=_inspect)
+
+    prof = commands.add_parser("profile", help="parameters, FLOPs, bytes and CPU latency per layer of one .mzip "
+                               "file, or of two side by side (before -> after)")
+    prof.add_argument("files", nargs="+", metavar="FILE", help="one .mzip file, or two to compare")
+    prof.add_argument("--input-shape", type=int, nargs="+", help="C H W of one input (default: from the file)")
+    prof.add_argument("--repeats", type=int, default=30, help="timed forward passes per batch size")
+    prof.add_argument("--json", action="store_true", help="print the profile (or comparison) as JSON")
+    prof.add_argument("--allow-import", action="store_true", help="allow importing the user code the file names")
+    prof.set_defaults(run=_profile)
     return parser
 
 

@@ -7,6 +7,7 @@ plain module. A custom layer opts in by naming its weights in a `modelzip_weight
 """
 from __future__ import annotations
 
+import copy
 import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -142,3 +143,19 @@ def parameter_count(model: nn.Module) -> int:
     names = {n.replace("parametrizations.", "").removesuffix(".original") for n, _ in model.named_parameters()
              if "parametrizations." not in n or n.endswith(".original")}
     return sum(t.numel() for k, t in plain_state_dict(model).items() if k in names)
+
+
+def independent_copy(model: nn.Module) -> nn.Module:
+    """A deep copy sharing nothing with `model`, not even the classes that parametrize makes.
+
+    `copy.deepcopy` of a parametrized module keeps its class (`ParametrizedLinear`), and the weight
+    property lives on that class: removing or adding a parametrization on the copy (quantizing a
+    pruned layer, stripping) would delete or add the property under the original too. Each
+    parametrized module of the copy gets a class of its own, identical in content.
+    """
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        if parametrize.is_parametrized(module):
+            cls = type(module)
+            module.__class__ = type(cls.__name__, cls.__bases__, dict(vars(cls)))
+    return clone

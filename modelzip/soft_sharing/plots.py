@@ -4,17 +4,13 @@ Drawn with matplotlib's Agg backend (no display needed) and written atomically a
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from ..atomic import atomic_write  # noqa: E402
-from .retrain import SoftSharing  # noqa: E402
+from ..figures import save_png
+from .retrain import SoftSharing
 
 MAX_POINTS = 60_000  # a scatter of every weight of a large model says no more and takes minutes
 
@@ -32,7 +28,7 @@ def plot_joint(run: SoftSharing, path: str | Path) -> None:
     axes.scatter(run.pretrained[pick], run.retrained[pick], s=1, alpha=0.3, color="black", rasterized=True)
     axes.set(xlabel="weight before retraining", ylabel="weight after retraining (red: shared values)",
              title=f"soft weight-sharing: {len(run.pretrained):,} weights, {len(run.merged.all_means())} values")
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def plot_mixture(run: SoftSharing, path: str | Path) -> None:
@@ -47,7 +43,7 @@ def plot_mixture(run: SoftSharing, path: str | Path) -> None:
     axes.set_ylim(0.5, max(counts.max(), 1) * 2)
     axes.set(xlabel="weight", ylabel="count", title="retrained weights and the learned Gaussian mixture")
     axes.legend()
-    _save(figure, path)
+    save_png(figure, path)
 
 
 def write_plots(run: SoftSharing, folder: str | Path, stem: str) -> list[Path]:
@@ -63,10 +59,3 @@ def _sample(n: int) -> torch.Tensor:
         return torch.arange(n)
     return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:MAX_POINTS]
 
-
-def _save(figure: plt.Figure, path: str | Path) -> None:
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
-    atomic_write(path, lambda f: f.write(buffer.getvalue()))

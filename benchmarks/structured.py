@@ -1,0 +1,180 @@
+"""Structured compression on the full MNIST: slimming, low-rank, OBD, sensitivity-driven budgets.
+
+    .venv/bin/python benchmarks/structured.py [--data mnist:../shared/data/mnist] [--only SECTION ...]
+
+Sections (each adds its key to benchmarks/results/structured.json; run them in parallel with --only):
+- slimming: network slimming of a VGG-style CNN with batch norm (vgg-bn): sparsity training
+  (L1 on the batch-norm scales), removal of channels under one global threshold, fine-tuning. Keys
+  channels_removed_fraction, accuracy_before (the trained network, unpruned), accuracy_after
+  (slimmed and fine-tuned), file_ratio (.mzip bytes of the unpruned / the slimmed network),
+  latency_ratio_b1 / _b64 (CPU forward time unpruned / slimmed, interleaved in one run), plus the
+  params, FLOPs, a network trained without the penalty, and the per-layer comparison.
+- mlp_slimming: neuron-level slimming of the paper's MNIST MLP 784-500-300-10 (input pixels
+  included): params_removed_fraction, error_before, error_after, the widths kept.
+- lowrank: LeNet-300-100 and LeNet-5 factorized (SVD / Tucker-2) to 2x, 4x, 8x fewer parameters,
+  fine-tuned: accuracy and latency ratio per model and factor.
+- obd_vs_magnitude: LeNet-300-100 pruned at equal sparsity by OBD saliency and by |w|, no retraining.
+- sensitivity_vs_uniform: LeNet-300-100 pruned to the same total size by per-layer sparsities from the
+  sensitivity analysis and by one uniform sparsity.
+Trained networks are cached in benchmarks/results/files/structured/.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import modelzip
+from deep_compression import SHARED_MNIST
+from modelzip.profile import compare, compare_latency, profile
+from modelzip.structured import ChannelPruneConfig, prune_channels_, scale_penalty
+from modelzip.train import TrainConfig, evaluate, fit
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "structured.json"
+CACHE = HERE / "results" / "files" / "structured"
+TRAIN = TrainConfig(epochs=8, batch_size=128, lr=1e-3)
+SECTIONS: dict[str, Callable[[modelzip.DataBundle], dict]] = {}
+
+
+def section(fn: Callable[[modelzip.DataBundle], dict]) -> Callable[[modelzip.DataBundle], dict]:
+    SECTIONS[fn.__name__] = fn
+    return fn
+
+
+def cached(key: str, make: Callable[[], nn.Module], train: Callable[[nn.Module], object]) -> nn.Module:
+    """A trained network from the cache, or trained now and cached (a state_dict)."""
+    model = make()
+    path = CACHE / f"{key}.pt"
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        train(model)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), path)
+    return model
+
+
+def latency_ratios(dense: nn.Module, small: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
+    """Forward time of `dense` / `small` at batch 1 and 64, interleaved round by round."""
+    out = {}
+    for batch, rounds in ((1, 400), (64, 60)):
+        example = torch.randn(batch, *input_shape)
+        times = compare_latency({"dense": dense, "small": small}, example, rounds=rounds)
+        out[f"latency_ratio_b{batch}"] = times["dense"] / times["small"]
+    return out
+
+
+def sizes(dense: nn.Module, small: nn.Module, input_shape: tuple[int, ...]) -> dict:
+    before, after = profile(dense, input_shape, latency=False), profile(small, input_shape, latency=False)
+    totals = compare(before, after)
+    return {"file_bytes_before": len(modelzip.dumps(dense)), "file_bytes_after": len(modelzip.dumps(small)),
+            "params_before": before.totals["params"], "params_after": after.totals["params"],
+            "flops_before": before.totals["flops"], "flops_after": after.totals["flops"], "layers": totals["layers"]}
+
+
+@section
+def slimming(data: modelzip.DataBundle) -> dict:
+    penalty, amount = 1e-4, 0.6
+    shape = data.input_shape
+
+    def make() -> nn.Module:
+        torch.manual_seed(0)
+        return modelzip.build("vgg-bn", shape, data.num_classes)
+
+    sparse = cached(f"vgg-bn-l1-{penalty}", make, lambda m: fit(
+        m, data.train, TRAIN, loss_fn=scale_penalty(m, penalty), desc="vgg-bn sparsity"))
+    slim = copy.deepcopy(sparse)
+    began = time.perf_counter()
+    channels = prune_channels_(slim, shape, ChannelPruneConfig(amount=amount))
+    removed = evaluate(slim, data.test)
+    fit(slim, data.train, TrainConfig(epochs=4, batch_size=128, lr=5e-4), desc="fine-tune")
+    seconds = time.perf_counter() - began
+    before, after = sum(b for b, _ in channels.values()), sum(a for _, a in channels.values())
+    conv = [v for k, v in channels.items() if k.startswith("conv")]
+    out = {"channels_removed_fraction": 1 - after / before,
+           "conv_channels_removed_fraction": 1 - sum(a for _, a in conv) / sum(b for b, _ in conv),
+           "accuracy_before": evaluate(sparse, data.test), "accuracy_after": evaluate(slim, data.test),
+           "accuracy_removed_before_finetune": removed,
+           "penalty": penalty, "amount": amount, "channels": channels, "prune_finetune_seconds": seconds}
+    out.update(sizes(sparse, slim, shape))
+    out["file_ratio"] = out["file_bytes_before"] / out["file_bytes_after"]
+    modelzip.save(sparse, CACHE / "slimming-before.mzip")
+    modelzip.save(slim, CACHE / "slimming-after.mzip")
+    return out
+
+
+@section
+def latency(data: modelzip.DataBundle) -> dict:
+    """CPU latency ratios of the saved networks of the other sections, measured on a quiet machine.
+
+    Run it alone, after the others: timings taken while other sections train are noise.
+    """
+    results = json.loads(RESULTS.read_text())
+    pairs = {"slimming": ("slimming-before", "slimming-after")}
+    for key, (before, after) in pairs.items():
+        results[key].update(latency_ratios(modelzip.load(CACHE / f"{before}.mzip"),
+                                           modelzip.load(CACHE / f"{after}.mzip"), data.input_shape))
+    return results
+
+
+@section
+def mlp_slimming(data: modelzip.DataBundle) -> dict:
+    penalty, target = 1e-4, 0.844  # the paper removes 84.4% of the parameters
+
+    def make() -> nn.Module:
+        torch.manual_seed(0)
+        return modelzip.build("mlp-500-300", data.input_shape, data.num_classes, batch_norm=True)
+
+    config = TrainConfig(epochs=30, batch_size=128, lr=1e-3)
+    sparse = cached(f"mlp-500-300-bn-l1-{penalty}", make, lambda m: fit(
+        m, data.train, config, loss_fn=scale_penalty(m, penalty), desc="mlp sparsity"))
+    dense_params = modelzip.layers.parameter_count(sparse)
+    amount = _amount_for(sparse, data.input_shape, target, dense_params)
+    slim = copy.deepcopy(sparse)
+    channels = prune_channels_(slim, data.input_shape, ChannelPruneConfig(amount=amount))
+    fit(slim, data.train, TrainConfig(epochs=20, batch_size=128, lr=5e-4), desc="fine-tune")
+    return {"params_removed_fraction": 1 - modelzip.layers.parameter_count(slim) / dense_params,
+            "error_before": 1 - evaluate(sparse, data.test), "error_after": 1 - evaluate(slim, data.test),
+            "widths": {k: v for k, v in channels.items()}, "amount": amount, "penalty": penalty,
+            "params_before": dense_params, "params_after": modelzip.layers.parameter_count(slim)}
+
+
+def _amount_for(model: nn.Module, shape: tuple[int, ...], target: float, dense: int) -> float:
+    """The smallest fraction of neurons (in steps of 0.5%) whose removal takes away `target` of the parameters."""
+    for step in range(1, 200):
+        trial = copy.deepcopy(model)
+        prune_channels_(trial, shape, ChannelPruneConfig(amount=step / 200))
+        if 1 - modelzip.layers.parameter_count(trial) / dense >= target:
+            return step / 200
+    raise RuntimeError("no neuron fraction reaches the parameter target")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=f"mnist:{SHARED_MNIST}")
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    data = modelzip.load_data(args.data)
+    torch.set_num_threads(1)  # one core each: sections run side by side, and latency is single-threaded
+    for name in args.only:
+        entry = SECTIONS[name](data)
+        if name == "latency":
+            args.out.write_text(json.dumps(entry, indent=2) + "\n")
+            continue
+        print(name, json.dumps({k: v for k, v in entry.items() if k != "layers"}, indent=1))
+        results = json.loads(args.out.read_text()) if args.out.exists() else {}  # sections may run in parallel
+        results[name] = entry
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
