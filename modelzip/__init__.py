@@ -23,10 +23,11 @@ from .train import TrainConfig, evaluate, fit, predict
 __version__ = "0.1.0"
 
 __all__ = [
-    "ChecksumError", "Compressed", "ConfigError", "DataBundle", "DataError", "DistillConfig", "FormatError",
-    "GaussianMixturePrior", "ModelError", "ModelzipError", "PruneConfig", "QuantizeConfig", "Recipe",
-    "SoftSharingConfig", "TrainConfig", "TruncatedError",
-    "build", "compress", "dumps", "evaluate", "fit", "header", "iterative_prune", "kd_loss", "load",
-    "load_data", "load_recipe",
-    "loads", "predict", "prune_", "quantize_", "save", "soft_weight_sharing", "strip", "trained_quantization",
+    "ChannelPruneConfig", "ChecksumError", "Compressed", "ConfigError", "DataBundle", "DataError", "DistillConfig",
+    "FormatError", "GaussianMixturePrior", "LowRankConfig", "ModelError", "ModelzipError", "PruneConfig",
+    "QuantizeConfig", "Recipe", "SlimmingConfig", "SoftSharingConfig", "TrainConfig", "TruncatedError",
+    "allocate", "build", "compress", "dumps", "evaluate", "factorize_", "fit", "header", "iterative_prune",
+    "kd_loss", "load", "load_data", "load_recipe", "loads", "low_rank", "network_slimming", "obd_score", "predict",
+    "profile", "prune_", "prune_channels_", "quantize_", "save", "sensitivity", "soft_weight_sharing", "strip",
+    "trained_quantization",
 ]
