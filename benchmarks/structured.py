@@ -28,11 +28,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from rich.console import Console
 from torch import nn
 
 import modelzip
 from deep_compression import SHARED_MNIST
+from modelzip.data import split
+from modelzip.layers import targets
+from modelzip.lowrank import factorize_
 from modelzip.profile import compare, compare_latency, profile
+from modelzip.prune import magnitude, obd_score, prune_
+from modelzip.sensitivity import allocate, kept_weights, plot_sensitivity, prune_layer, sensitivity
 from modelzip.structured import ChannelPruneConfig, prune_channels_, scale_penalty
 from modelzip.train import TrainConfig, evaluate, fit
 
@@ -111,20 +117,6 @@ def slimming(data: modelzip.DataBundle) -> dict:
 
 
 @section
-def latency(data: modelzip.DataBundle) -> dict:
-    """CPU latency ratios of the saved networks of the other sections, measured on a quiet machine.
-
-    Run it alone, after the others: timings taken while other sections train are noise.
-    """
-    results = json.loads(RESULTS.read_text())
-    pairs = {"slimming": ("slimming-before", "slimming-after")}
-    for key, (before, after) in pairs.items():
-        results[key].update(latency_ratios(modelzip.load(CACHE / f"{before}.mzip"),
-                                           modelzip.load(CACHE / f"{after}.mzip"), data.input_shape))
-    return results
-
-
-@section
 def mlp_slimming(data: modelzip.DataBundle) -> dict:
     penalty, target = 1e-4, 0.844  # the paper removes 84.4% of the parameters
 
@@ -146,6 +138,117 @@ def mlp_slimming(data: modelzip.DataBundle) -> dict:
             "params_before": dense_params, "params_after": modelzip.layers.parameter_count(slim)}
 
 
+def lenet(name: str, data: modelzip.DataBundle) -> nn.Module:
+    def make() -> nn.Module:
+        torch.manual_seed(0)
+        return modelzip.build(name, data.input_shape, data.num_classes)
+    return cached(name, make, lambda m: fit(m, data.train, TRAIN, desc=name))
+
+
+@section
+def obd_vs_magnitude(data: modelzip.DataBundle) -> dict:
+    """One-shot pruning of the trained LeNet-300-100, no retraining: OBD saliency against |w|."""
+    model = lenet("lenet-300-100", data)
+    sparsities = [0.5, 0.7, 0.8, 0.9, 0.95, 0.97]
+    scores: dict[str, Callable] = {"magnitude": magnitude}
+    began = time.perf_counter()
+    scores["obd_fisher"] = obd_score(model, data.train, "fisher", examples=10_000)
+    fisher_seconds = time.perf_counter() - began
+    scores["obd_hutchinson"] = obd_score(model, data.train, "hutchinson", examples=10_000, samples=16)
+    out: dict = {"sparsity": sparsities, "accuracy_dense": evaluate(model, data.test), "hessian_examples": 10_000,
+                 "fisher_seconds": fisher_seconds}
+    for scope in ("layer", "global"):
+        for name, score in scores.items():
+            accuracies = []
+            for s in sparsities:
+                trial = copy.deepcopy(model)
+                prune_(trial, s, scope=scope, score=score)
+                accuracies.append(evaluate(trial, data.test))
+            out[f"{name}_{scope}"] = accuracies
+    return out
+
+
+@section
+def sensitivity_vs_uniform(data: modelzip.DataBundle) -> dict:
+    """Per-layer sparsities allocated from a sensitivity analysis vs one sparsity for all, same kept weights.
+
+    The analysis scores on 5,000 training examples (never the test set); both pruned networks are
+    then measured on the test set as pruned, and after one epoch of retraining with the masks.
+    """
+    model = lenet("lenet-300-100", data)
+    _, held_out = split(data.train, 5_000 / len(data.train), seed=0)
+    layers = [t.name for t in targets(model)]
+    values = [0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99]
+    sens = sensitivity(model, lambda m: evaluate(m, held_out), layers, values, prune_layer, kind="sparsity")
+    plot_sensitivity(sens, HERE / "results" / "structured-sensitivity.png")
+    Console(width=120).print(sens.table())
+    cost = kept_weights(model)
+    out: dict = {"sensitivity": sens.to_json(), "budgets": []}
+    for uniform in (0.9, 0.95, 0.97):
+        budget = sum(cost(layer, uniform) for layer in layers)
+        allocation = allocate(sens, cost, budget)
+        entry = {"uniform_sparsity": uniform, "kept_weights": budget, "allocated": allocation.values,
+                 "allocated_kept_weights": allocation.cost}
+        for name, sparsity in (("uniform", {layer: uniform for layer in layers}), ("allocated", allocation.values)):
+            trial = copy.deepcopy(model)
+            for layer, s in sparsity.items():
+                prune_layer(trial, layer, s)
+            entry[f"accuracy_{name}"] = evaluate(trial, data.test)
+            fit(trial, data.train, TrainConfig(epochs=1, lr=5e-4), desc="retrain")
+            entry[f"accuracy_{name}_retrained"] = evaluate(trial, data.test)
+        out["budgets"].append(entry)
+    return out
+
+
+LOWRANK_DENSE = {"lenet-300-100": ["fc3"], "lenet-5": ["conv1", "fc2"]}  # too small to gain from factors
+
+
+@section
+def lowrank(data: modelzip.DataBundle) -> dict:
+    """LeNets factorized to 2x, 4x, 8x fewer parameters (one kept ratio for the large layers), fine-tuned."""
+    out: dict = {}
+    for name, dense_layers in LOWRANK_DENSE.items():
+        model = lenet(name, data)
+        params = modelzip.layers.parameter_count(model)
+        out[name] = {"accuracy_dense": evaluate(model, data.test), "params": params}
+        modelzip.save(model, CACHE / f"lowrank-{name}-dense.mzip")
+        for factor in (2, 4, 8):
+            small, ratio = _factorized(model, params / factor, dense_layers)
+            entry = {"ratio": ratio, "params": modelzip.layers.parameter_count(small),
+                     "ranks": factorize_ranks(small), "accuracy_factorized": evaluate(small, data.test)}
+            began = time.perf_counter()
+            fit(small, data.train, TrainConfig(epochs=3, lr=5e-4), desc=f"{name} {factor}x")
+            entry.update(accuracy=evaluate(small, data.test), finetune_seconds=time.perf_counter() - began)
+            entry["params_ratio"] = params / entry["params"]
+            out[name][f"{factor}x"] = entry
+            modelzip.save(small, CACHE / f"lowrank-{name}-{factor}x.mzip")
+    return out
+
+
+def _factorized(model: nn.Module, budget: float, dense_layers: list[str]) -> tuple[nn.Module, float]:
+    """The model factorized with the largest kept ratio (in steps of 0.1%) that fits `budget` parameters.
+
+    Parameters grow with the kept ratio, so a bisection over the steps finds it.
+    """
+    def trial(step: int) -> nn.Module:
+        work = copy.deepcopy(model)
+        factorize_(work, step / 1000, exclude=dense_layers)
+        return work
+
+    low, high = 0, 1000  # trial(low) fits (or low is 0), trial(high) does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if modelzip.layers.parameter_count(trial(middle)) <= budget else (low, middle)
+    if low == 0:
+        raise RuntimeError("no kept ratio fits the parameter budget")
+    return trial(low), low / 1000
+
+
+def factorize_ranks(model: nn.Module) -> dict[str, list[int]]:
+    edits = (modelzip.models.arch_of(model) or {}).get("edits", [])
+    return {e["module"]: e["ranks"] for e in edits if e["op"] == "factorize"}
+
+
 def _amount_for(model: nn.Module, shape: tuple[int, ...], target: float, dense: int) -> float:
     """The smallest fraction of neurons (in steps of 0.5%) whose removal takes away `target` of the parameters."""
     for step in range(1, 200):
@@ -154,6 +257,23 @@ def _amount_for(model: nn.Module, shape: tuple[int, ...], target: float, dense: 
         if 1 - modelzip.layers.parameter_count(trial) / dense >= target:
             return step / 200
     raise RuntimeError("no neuron fraction reaches the parameter target")
+
+
+@section
+def latency(data: modelzip.DataBundle) -> dict:
+    """CPU latency ratios of the saved networks of the other sections, measured on a quiet machine.
+
+    Run it alone, after the others: timings taken while other sections train are noise.
+    """
+    results = json.loads(RESULTS.read_text())
+    results["slimming"].update(latency_ratios(modelzip.load(CACHE / "slimming-before.mzip"),
+                                              modelzip.load(CACHE / "slimming-after.mzip"), data.input_shape))
+    for name in LOWRANK_DENSE:
+        dense = modelzip.load(CACHE / f"lowrank-{name}-dense.mzip")
+        for factor in (2, 4, 8):
+            small = modelzip.load(CACHE / f"lowrank-{name}-{factor}x.mzip")
+            results["lowrank"][name][f"{factor}x"].update(latency_ratios(dense, small, data.input_shape))
+    return results
 
 
 def main() -> int:

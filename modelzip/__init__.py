@@ -12,12 +12,16 @@ from .distill import DistillConfig, kd_loss
 from .errors import ChecksumError, ConfigError, DataError, FormatError, ModelError, ModelzipError, TruncatedError
 from .io import dumps, header, load, loads, save
 from .layers import strip
+from .lowrank import LowRankConfig, factorize_, low_rank
 from .models import build
 from .pipeline import Compressed, compress
-from .prune import PruneConfig, iterative_prune, prune_
+from .prune import PruneConfig, iterative_prune, obd_score, prune_
 from .quantize import QuantizeConfig, quantize_, trained_quantization
 from .recipes import Recipe, load_recipe
+# profile() and sensitivity() live in modelzip.profile / modelzip.sensitivity: the modules keep their names
+from .sensitivity import allocate
 from .soft_sharing import GaussianMixturePrior, SoftSharingConfig, soft_weight_sharing
+from .structured import ChannelPruneConfig, SlimmingConfig, network_slimming, prune_channels_
 from .train import TrainConfig, evaluate, fit, predict
 
 __version__ = "0.1.0"
@@ -28,6 +32,6 @@ __all__ = [
     "QuantizeConfig", "Recipe", "SlimmingConfig", "SoftSharingConfig", "TrainConfig", "TruncatedError",
     "allocate", "build", "compress", "dumps", "evaluate", "factorize_", "fit", "header", "iterative_prune",
     "kd_loss", "load", "load_data", "load_recipe", "loads", "low_rank", "network_slimming", "obd_score", "predict",
-    "profile", "prune_", "prune_channels_", "quantize_", "save", "sensitivity", "soft_weight_sharing", "strip",
+    "prune_", "prune_channels_", "quantize_", "save", "soft_weight_sharing", "strip",
     "trained_quantization",
 ]

@@ -19,11 +19,14 @@ from .distill import teaching
 from .io import dense_bytes, dumps, loads
 from .layers import strip
 from .models import arch_of, build
+from .lowrank import low_rank
+from .profile import compare, profile
 from .prune import iterative_prune
 from .quantize import trained_quantization
 from .recipes import Recipe, load_recipe
 from .report import build_report
 from .soft_sharing import SoftSharing, soft_weight_sharing
+from .structured import network_slimming
 from .train import cross_entropy, evaluate, fit
 
 
@@ -46,7 +49,9 @@ def compress(model: nn.Module, data: DataBundle, recipe: Recipe | str = "deep-co
     compressed (its pruning retraining and quantization fine-tuning keep the distillation loss), and
     the report's ratio and `accuracy_before` are the teacher's. A `soft_sharing` stage retrains under
     a Gaussian-mixture prior and quantizes to its means; `Compressed.soft_sharing` then holds the
-    priors and weight vectors the pictures are drawn from.
+    priors and weight vectors the pictures are drawn from. A `slimming` or `low_rank` stage changes the
+    network's structure; the report's `structure` then compares parameters, FLOPs and CPU latency per
+    layer of the given and the decoded network.
     """
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
     began = time.perf_counter()
@@ -62,6 +67,12 @@ def compress(model: nn.Module, data: DataBundle, recipe: Recipe | str = "deep-co
         stages["after_distill"] = evaluate(work, data.test)
     else:
         work = copy.deepcopy(model)
+    if recipe.slimming is not None:
+        network_slimming(work, train, data.input_shape, recipe.slimming, loss_fn=loss_fn)
+        stages["after_slimming"] = evaluate(work, data.test)
+    if recipe.low_rank is not None:
+        low_rank(work, train, recipe.low_rank, loss_fn=loss_fn)
+        stages["after_low_rank"] = evaluate(work, data.test)
     if recipe.prune is not None:
         iterative_prune(work, train, recipe.prune, test=data.test, loss_fn=loss_fn)
         stages["after_prune"] = evaluate(work, data.test)
@@ -83,4 +94,6 @@ def compress(model: nn.Module, data: DataBundle, recipe: Recipe | str = "deep-co
         atomic_write(out, lambda f: f.write(blob))
     report = build_report(blob, dense_bytes=dense_bytes(model))
     report.update(stages=stages, seconds=round(time.perf_counter() - began, 1))
+    if recipe.slimming is not None or recipe.low_rank is not None:  # the running network changed: measure it
+        report["structure"] = compare(profile(model, data.input_shape), profile(decoded, data.input_shape))
     return Compressed(decoded, blob, report, sharing)

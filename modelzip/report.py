@@ -16,6 +16,7 @@ from rich.table import Table
 
 from . import codec
 from .atomic import atomic_write
+from .profile import print_comparison
 
 
 def layer_rows(header: dict[str, Any]) -> list[dict[str, Any]]:
@@ -88,6 +89,8 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     if before is not None and after is not None:
         console.print(f"accuracy {before:.2%} -> {after:.2%} ({100 * (after - before):+.2f} points); "
                       f"{report['dense_bytes']:,} dense fp32 bytes -> {report['file_bytes']:,} bytes on disk")
+    if "structure" in report:
+        print_comparison(report["structure"], console)
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:

@@ -37,17 +37,18 @@ DEFAULT_RATIO: Mapping[str, float] = MappingProxyType({"linear": 0.25, "conv": 0
 
 def factorize_(model: nn.Module, ratio: float | Mapping[str, float | None] | None = None, *,
                energy: float | None = None, layers: Mapping[str, float] | None = None,
-               exclude: Sequence[str] = ()) -> dict[str, Ranks]:
+               exclude: Sequence[str] = (), min_weights: int = 0) -> dict[str, Ranks]:
     """Factorize the nn.Linear and nn.Conv2d (groups=1) layers of `model` in place; returns ranks by name.
 
     `ratio`: fraction of each layer's weights kept (one value, or per kind {"linear": .25, "conv": .5}; a
     kind mapped to None stays dense). `energy` instead: fraction of sum(s^2) kept. `layers`: module-name
     fnmatch patterns -> the same kind of value, overriding the default (with neither ratio nor energy,
-    only these layers change). `exclude`: patterns left dense, even if `layers` names them. Layers whose
+    only these layers change). `exclude`: patterns left dense, even if `layers` names them, as are layers
+    of fewer than `min_weights` weights that `layers` does not name. Layers whose
     factorized form would not be smaller are left dense and missing from the result. Other compressible
     layers (grouped convs, ConvTranspose, ...) stay dense unless `layers` names them: a ModelError.
     """
-    plan = _plan(model, ratio, energy, layers, exclude)
+    plan = _plan(model, ratio, energy, layers, exclude, min_weights)
     for name, layer, ranks in plan:
         new = _structure(layer, ranks)
         _fill(new, layer, ranks)
@@ -89,7 +90,8 @@ def _replay(model: nn.Module, edit: Edit) -> None:
 
 
 def _plan(model: nn.Module, ratio: float | Mapping[str, float | None] | None, energy: float | None,
-          layers: Mapping[str, float] | None, exclude: Sequence[str]) -> list[tuple[str, nn.Module, Ranks]]:
+          layers: Mapping[str, float] | None, exclude: Sequence[str], min_weights: int
+          ) -> list[tuple[str, nn.Module, Ranks]]:
     """(name, layer, ranks) of every layer to factorize; checks everything before the model changes."""
     _check_settings(ratio, energy, layers)
     if ratio is None and energy is None and not layers:
@@ -101,7 +103,7 @@ def _plan(model: nn.Module, ratio: float | Mapping[str, float | None] | None, en
     plan = []
     for t in found:
         value = values[t]
-        if value is None or t.name in skipped:
+        if value is None or t.name in skipped or (t.weight.numel() < min_weights and t.name not in named):
             continue
         if not _factorizable(t.module):
             if t.name in named:
@@ -188,6 +190,9 @@ class LowRankConfig:
     energy: float | None = None  # kept fraction of singular-value energy, instead of ratio
     layers: Mapping[str, float] | None = None  # module-name pattern -> ratio (or energy), e.g. {"fc3": 0.5}
     exclude: Sequence[str] = ()  # module-name patterns left dense, e.g. the small last layer ("fc3",)
+    # Smaller layers stay dense: the classifier and the first convolution hold few weights, and a rank
+    # low enough to save any of them costs accuracy (a 10-class output needs rank >= 9).
+    min_weights: int = 10_000
     # A factorized network starts close to the original: a short, gentle fine-tune is enough.
     finetune: TrainConfig = TrainConfig(epochs=2, lr=5e-4)
 
@@ -201,6 +206,7 @@ class LowRankConfig:
 def low_rank(model: nn.Module, train: TensorDataset, config: LowRankConfig = LowRankConfig(),
              test: TensorDataset | None = None, *, loss_fn: LossFn = cross_entropy) -> dict[str, Any]:
     """Factorize `model` in place as configured, then fine-tune it: {"ranks": {name: ranks}, "logs": [...]}."""
-    ranks = factorize_(model, config.ratio, energy=config.energy, layers=config.layers, exclude=config.exclude)
+    ranks = factorize_(model, config.ratio, energy=config.energy, layers=config.layers, exclude=config.exclude,
+                       min_weights=config.min_weights)
     logs = fit(model, train, config.finetune, test=test, loss_fn=loss_fn, desc="low-rank fine-tune")
     return {"ranks": ranks, "logs": logs}

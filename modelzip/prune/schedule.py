@@ -38,6 +38,10 @@ class PruneConfig:
     criterion: Criterion = Criterion.MAGNITUDE
     hessian: HessianMethod = HessianMethod.FISHER  # OBD only: the Fisher is cheap, never negative, and fits any size
     hessian_examples: int = 2048  # OBD only: training examples the Hessian is averaged over, before each step
+    # Per-layer sparsities from a sensitivity analysis (on training examples), keeping as many weights in
+    # total as the sparsities above: layers that lose little give more (Han et al. 2015, section 3.3).
+    allocate: bool = False
+    sensitivity_examples: int = 5000
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -62,13 +66,20 @@ def iterative_prune(model: nn.Module, train: TensorDataset, config: PruneConfig 
     minimised) before every step, as the paper prescribes: retraining moves the weights and the curvature.
     """
     logs: list[EpochLog] = []
+    layers, scope = config.layers, config.scope
+    if config.allocate:
+        from ..sensitivity.budget import allocated_sparsity  # the analysis prunes with this package: import late
+
+        layers = allocated_sparsity(model, train, config.sparsity, config.layers,
+                                    examples=config.sensitivity_examples, seed=config.retrain.seed)
+        scope = Scope.LAYER  # every layer has its own sparsity now
     for step in range(1, config.steps + 1):
         score = magnitude
         if config.criterion is Criterion.OBD:
             score = obd_score(model, train, config.hessian, examples=config.hessian_examples, loss_fn=loss_fn)
         prune_(model, _scaled(config.sparsity, step, config.steps),
-               layers={k: ramp(v, step, config.steps) for k, v in (config.layers or {}).items()},
-               scope=config.scope, score=score)
+               layers={k: ramp(v, step, config.steps) for k, v in (layers or {}).items()},
+               scope=scope, score=score)
         logs += fit(model, train, config.retrain, test=test, loss_fn=loss_fn,
                     desc=f"prune {step}/{config.steps}")
     return logs

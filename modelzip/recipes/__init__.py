@@ -18,9 +18,11 @@ import yaml
 
 from ..distill import DistillConfig
 from ..errors import ConfigError
+from ..lowrank import LowRankConfig
 from ..prune import PruneConfig
 from ..quantize import QuantizeConfig
 from ..soft_sharing import SoftSharingConfig
+from ..structured import SlimmingConfig
 from ..train import TrainConfig
 
 BUILT_IN = Path(__file__).parent
@@ -41,6 +43,8 @@ class Recipe:
     name: str = "custom"
     train: TrainConfig = TrainConfig()  # only when the model comes without trained weights
     distill: DistillStage | None = None  # then the student is what gets pruned, quantized and encoded
+    slimming: SlimmingConfig | None = None  # channels removed for real: a smaller dense network
+    low_rank: LowRankConfig | None = None  # layers replaced by products of thin ones
     prune: PruneConfig | None = None
     soft_sharing: SoftSharingConfig | None = None  # retrain under a mixture prior, quantize to its means
     quantize: QuantizeConfig | None = None
