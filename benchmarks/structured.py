@@ -131,7 +131,7 @@ def mlp_slimming(data: modelzip.DataBundle) -> dict:
     amount = _amount_for(sparse, data.input_shape, target, dense_params)
     slim = copy.deepcopy(sparse)
     channels = prune_channels_(slim, data.input_shape, ChannelPruneConfig(amount=amount))
-    fit(slim, data.train, TrainConfig(epochs=20, batch_size=128, lr=5e-4), desc="fine-tune")
+    fit(slim, data.train, TrainConfig(epochs=20, batch_size=128, lr=1e-3), desc="fine-tune")
     return {"params_removed_fraction": 1 - modelzip.layers.parameter_count(slim) / dense_params,
             "error_before": 1 - evaluate(sparse, data.test), "error_after": 1 - evaluate(slim, data.test),
             "widths": {k: v for k, v in channels.items()}, "amount": amount, "penalty": penalty,

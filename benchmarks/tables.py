@@ -17,6 +17,8 @@ def main() -> None:
     distillation()
     print()
     soft_weight_sharing()
+    print()
+    structured()
 
 
 def deep_compression() -> None:
@@ -145,6 +147,61 @@ def soft_weight_sharing() -> None:
             print(f"\n{name}, soft weight-sharing, per layer (retrained: {100 * r['accuracy_retrained']:.2f}%; "
                   f"{len(r['components']['means'])} shared values):\n")
             layer_table(r["layers"])
+
+
+def structured() -> None:
+    r = json.loads((RESULTS / "structured.json").read_text())
+    s = r["slimming"]
+    print("| vgg-bn, full MNIST | channels | accuracy | params | MFLOPs | .mzip file | CPU latency b1 / b64 |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| trained with the L1 penalty on the scales | {sum(b for b, _ in s['channels'].values())} "
+          f"| {100 * s['accuracy_before']:.2f}% | {s['params_before']:,} | {s['flops_before'] / 1e6:.2f} "
+          f"| {s['file_bytes_before']:,} B | 1 / 1 |")
+    print(f"| slimmed ({100 * s['channels_removed_fraction']:.1f}% of channels removed), fine-tuned "
+          f"| {sum(a for _, a in s['channels'].values())} | {100 * s['accuracy_after']:.2f}% | {s['params_after']:,} "
+          f"| {s['flops_after'] / 1e6:.2f} | {s['file_bytes_after']:,} B "
+          f"| {1 / s['latency_ratio_b1']:.2f} / {1 / s['latency_ratio_b64']:.2f} |")
+    print(f"| ratio (before / after) | | {100 * (s['accuracy_after'] - s['accuracy_before']):+.2f} points "
+          f"| {s['params_before'] / s['params_after']:.2f}x | {s['flops_before'] / s['flops_after']:.2f}x "
+          f"| **{s['file_ratio']:.2f}x** | **{s['latency_ratio_b1']:.2f}x / {s['latency_ratio_b64']:.2f}x** |")
+    print("\nChannels kept per layer: " + ", ".join(f"{k} {b} -> {a}" for k, (b, a) in s["channels"].items()))
+    m = r["mlp_slimming"]
+    print("\n| MLP 784-500-300-10 with batch norm, neuron-level slimming | params removed | error before -> after "
+          "| widths kept (inputs-hidden-hidden) |")
+    print("|---|---|---|---|")
+    widths = "-".join(str(a) for _, a in m["widths"].values())
+    print(f"| modelzip | {100 * m['params_removed_fraction']:.1f}% | {100 * m['error_before']:.2f}% -> "
+          f"{100 * m['error_after']:.2f}% | {widths} |")
+    print("| paper (Liu et al. 2017) | 84.4% | 1.43% -> 1.49% | 434-174-78 |")
+    print("\n| low-rank, full MNIST | params | kept ratio per large layer | ranks | accuracy factorized -> fine-tuned "
+          "| CPU latency ratio b1 / b64 |")
+    print("|---|---|---|---|---|---|")
+    for name, entry in r["lowrank"].items():
+        print(f"| {name} dense | {entry['params']:,} | | | {100 * entry['accuracy_dense']:.2f}% | 1 / 1 |")
+        for factor in ("2x", "4x", "8x"):
+            f = entry[factor]
+            ranks = ", ".join(f"{k} {'/'.join(map(str, v))}" for k, v in f["ranks"].items())
+            latency = (f"{f['latency_ratio_b1']:.2f}x / {f['latency_ratio_b64']:.2f}x"
+                       if "latency_ratio_b1" in f else "")
+            print(f"| {name} {factor} fewer ({f['params_ratio']:.2f}x) | {f['params']:,} | {f['ratio']:.3f} | {ranks} "
+                  f"| {100 * f['accuracy_factorized']:.2f}% -> **{100 * f['accuracy']:.2f}%** | {latency} |")
+    o = r["obd_vs_magnitude"]
+    print(f"\n| LeNet-300-100 (dense {100 * o['accuracy_dense']:.2f}%), pruned once, no retraining | "
+          + " | ".join(f"{100 * x:g}%" for x in o["sparsity"]) + " |")
+    print("|---|" + "---|" * len(o["sparsity"]))
+    for key, label in (("magnitude_layer", "magnitude, per layer"), ("obd_fisher_layer", "OBD (Fisher), per layer"),
+                       ("obd_hutchinson_layer", "OBD (Hutchinson), per layer"),
+                       ("magnitude_global", "magnitude, global"), ("obd_fisher_global", "OBD (Fisher), global"),
+                       ("obd_hutchinson_global", "OBD (Hutchinson), global")):
+        print(f"| {label} | " + " | ".join(f"{100 * x:.2f}%" for x in o[key]) + " |")
+    print("\n| LeNet-300-100, same kept weights | uniform sparsity: pruned / +1 epoch | allocated sparsities "
+          "| allocated: pruned / +1 epoch |")
+    print("|---|---|---|---|")
+    for b in r["sensitivity_vs_uniform"]["budgets"]:
+        alloc = ", ".join(f"{k} {v:g}" for k, v in b["allocated"].items())
+        print(f"| {b['kept_weights']:,.0f} ({100 * (1 - b['uniform_sparsity']):g}%) | {b['uniform_sparsity']:g}: "
+              f"{100 * b['accuracy_uniform']:.2f}% / {100 * b['accuracy_uniform_retrained']:.2f}% | {alloc} "
+              f"| **{100 * b['accuracy_allocated']:.2f}% / {100 * b['accuracy_allocated_retrained']:.2f}%** |")
 
 
 if __name__ == "__main__":

@@ -18,9 +18,12 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, ModelError
 from ..layers import independent_copy, targets
+from ..lowrank import factorize_
+from ..models import arch_of
 from ..prune import prune_
 from ..quantize import quantize_
 from ..registry import Registry
+from ..structured import ChannelPruneConfig, prune_channels_
 
 Score = Callable[[nn.Module], float]  # higher is better: accuracy, or minus a loss
 Apply = Callable[[nn.Module, str, float], None]  # compress layer `name` of a model in place to `value`
@@ -112,6 +115,34 @@ def quantize_layer(model: nn.Module, layer: str, bits: float) -> None:
     if not math.isfinite(bits) or bits != int(bits):
         raise ConfigError(f"bits for layer {layer!r} must be a whole number, got {bits}")
     quantize_(_single_layer(model, layer), int(bits))
+
+
+@APPLIERS.register("rank-ratio")
+def factorize_layer(model: nn.Module, layer: str, ratio: float) -> None:
+    """Low-rank factorization of only `layer`, keeping `ratio` of its weights (ratio 1: left as it is)."""
+    _single_layer(model, layer)
+    if ratio < 1:
+        factorize_(model, layers={_literal(layer): ratio})
+
+
+@APPLIERS.register("channels")
+def slim_layer(model: nn.Module, layer: str, amount: float) -> None:
+    """Remove `amount` of the output channels of `layer` (and of what shares them), smallest L1 filters first.
+
+    The channel groups are traced on the input shape the model was built for (`modelzip.build`).
+    """
+    _single_layer(model, layer)
+    shape = ((arch_of(model) or {}).get("kwargs") or {}).get("input_shape")
+    if not shape:
+        raise ConfigError("channel sensitivity needs the model's input shape: build it with modelzip.build")
+    if amount > 0:
+        prune_channels_(model, tuple(shape), ChannelPruneConfig("l1", amount=0.0, scope="layer",
+                                                                layers={_literal(layer): amount}))
+
+
+def _literal(name: str) -> str:
+    """An fnmatch pattern matching exactly `name` (brackets quote the wildcard characters)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _single_layer(model: nn.Module, layer: str) -> nn.Module:

@@ -6,10 +6,9 @@ import torch
 from torch import nn
 
 from modelzip.errors import ConfigError, ModelError
-from modelzip.layers import strip
+from modelzip.layers import independent_copy, strip
 from modelzip.models import build
 from modelzip.prune import prune_
-from modelzip.layers import independent_copy
 from modelzip.sensitivity import (APPLIERS, Sensitivity, plot_sensitivity, prune_layer,
                                   quantize_layer, sensitivity)
 
@@ -150,3 +149,16 @@ def test_plot_writes_a_png(tmp_path):
     path = tmp_path / "plots" / "sensitivity.png"
     plot_sensitivity(sens, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
+
+
+def test_channel_and_rank_appliers_change_only_the_named_layer():
+
+    vgg = build("vgg-bn", (1, 8, 8), widths=[8, "M", 16])
+    APPLIERS.get("channels")(vgg, "conv1", 0.5)
+    assert (vgg.conv1.out_channels, vgg.conv2.in_channels, vgg.conv2.out_channels) == (4, 4, 16)
+    mlp = build("lenet-300-100", (1, 8, 8))
+    APPLIERS.get("rank-ratio")(mlp, "fc1", 1.0)
+    assert isinstance(mlp.fc1, torch.nn.Linear)
+    APPLIERS.get("rank-ratio")(mlp, "fc1", 0.25)
+    assert isinstance(mlp.fc1, torch.nn.Sequential) and isinstance(mlp.fc2, torch.nn.Linear)
+
