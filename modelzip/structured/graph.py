@@ -184,7 +184,7 @@ class _Tracer:
             return present[0] if len(present) == 1 else self._merge(present[0], present[1], where)
         if target in FLATTENS and len(shape) == 2 and in_shape and shape[0] == in_shape[0] and first is not None:
             return _flatten(first, in_shape)
-        if target in SPATIAL_MEANS and len(shape) == 2 and all(s.spatial == 1 for s in first or ()):
+        if target in SPATIAL_MEANS and _over_positions(node, in_shape) and all(s.spatial == 1 for s in first or ()):
             return first
         if target == "size" or target == getattr:
             return None
@@ -253,6 +253,15 @@ class _Tracer:
 def _shape(node: Any) -> tuple[int, ...] | None:
     meta = getattr(node, "meta", {}).get("tensor_meta") if isinstance(node, fx.Node) else None
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _over_positions(node: fx.Node, in_shape: tuple[int, ...] | None) -> bool:
+    """True for a mean/max over spatial positions only (x.mean((2, 3))): the channels pass through."""
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if in_shape is None or dims is None:
+        return False
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    return all(isinstance(d, int) and d % len(in_shape) >= 2 for d in dims)
 
 
 def _flatten(layout: Layout, before: tuple[int, ...] | None) -> Layout:

@@ -155,3 +155,21 @@ def test_unsupported_structures_name_the_layer():
     with pytest.raises(ConfigError, match="exactly one"):
         ChannelPruneConfig(amount=0.5, threshold=0.1) and prune_channels_(
             build("vgg-bn"), (1, 28, 28), ChannelPruneConfig(amount=0.5, threshold=0.1))
+
+
+class MeanHead(nn.Module):
+    def __init__(self, dims: tuple[int, ...]) -> None:
+        super().__init__()
+        self.dims = dims
+        self.conv = nn.Conv2d(1, 6, 3)
+        self.fc = nn.Linear(6 if dims == (2, 3) else 4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean(self.dims))
+
+
+def test_a_mean_over_positions_keeps_channels_and_one_over_channels_is_refused():
+    graph = trace(MeanHead((2, 3)), (1, 6, 6))
+    assert graph.inputs["fc"] == (Segment(1, 6),)
+    with pytest.raises(ModelError, match="mean"):
+        trace(MeanHead((1, 2)), (1, 6, 6))
