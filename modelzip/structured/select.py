@@ -24,8 +24,15 @@ class Criterion(str, Enum):
     L2 = "l2"  # Euclidean norm of each output filter
 
 
-def channel_scores(model: nn.Module, graph: ChannelGraph, criterion: Criterion | str) -> dict[int, torch.Tensor]:
-    """Importance of every channel of every prunable group that the criterion can rank."""
+def channel_scores(model: nn.Module, graph: ChannelGraph, criterion: Criterion | str, *,
+                   normalize: bool = False) -> dict[int, torch.Tensor]:
+    """Importance of every channel of every prunable group that the criterion can rank.
+
+    With `normalize`, each group's scores are divided by its largest. A batch norm followed by ReLU and
+    another batch-normalized layer can scale all its channels by any c > 0 without changing the
+    network, so the L1 penalty shrinks such a layer as a whole and raw scales are not comparable
+    across layers under one global threshold; relative scales are.
+    """
     criterion = Criterion(criterion)
     modules = dict(model.named_modules())
     scores = {}
@@ -40,6 +47,8 @@ def channel_scores(model: nn.Module, graph: ChannelGraph, criterion: Criterion |
                      if isinstance(getattr(modules[n], "weight", None), torch.Tensor)]
             if norms:
                 scores[group.id] = torch.stack(norms).sum(0)
+    if normalize:
+        scores = {gid: s / s.max().clamp_min(torch.finfo(s.dtype).tiny) for gid, s in scores.items()}
     if not scores:
         raise ConfigError(f"no channel group can be ranked by {criterion.value!r}"
                           + (" (slimming needs batch norms after the layers)" if criterion is Criterion.BN else ""))

@@ -32,6 +32,7 @@ class ChannelPruneConfig:
     scope: Scope = Scope.GLOBAL  # filter norms are not comparable across layers: use "layer" with l1/l2
     layers: Mapping[str, float] | None = None  # producer-name pattern -> own amount
     min_channels: int = 1
+    normalize: bool = False  # rank by each layer's scales relative to its largest (see channel_scores)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "criterion", Criterion(self.criterion))
@@ -88,7 +89,7 @@ def prune_channels_(model: nn.Module, input_shape: tuple[int, ...],
     channels cannot be followed (grouped convolutions, unknown layers) raises ModelError naming it.
     """
     graph = trace(model, input_shape)
-    scores = channel_scores(model, graph, config.criterion)
+    scores = channel_scores(model, graph, config.criterion, normalize=config.normalize)
     keep = select_channels(graph, scores, config.amount, threshold=config.threshold, scope=config.scope,
                            layers=config.layers, min_channels=config.min_channels)
     remove_channels_(model, graph, keep)

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -173,3 +175,14 @@ def test_a_mean_over_positions_keeps_channels_and_one_over_channels_is_refused()
     assert graph.inputs["fc"] == (Segment(1, 6),)
     with pytest.raises(ModelError, match="mean"):
         trace(MeanHead((1, 2)), (1, 6, 6))
+
+
+def test_normalized_scores_compare_layers_by_relative_scale():
+    model = build("vgg-bn", (1, 8, 8), widths=[4, "M", 4])
+    with torch.no_grad():
+        model.norm1.weight.copy_(torch.tensor([0.01, 0.02, 0.03, 0.04]))  # a layer shrunk as a whole
+        model.norm2.weight.copy_(torch.tensor([1.0, 0.1, 3.0, 4.0]))
+    raw = prune_channels_(copy.deepcopy(model), (1, 8, 8), ChannelPruneConfig(amount=0.5))
+    assert raw == {"conv1": (4, 1), "conv2": (4, 4)}  # min_channels saves one
+    relative = prune_channels_(model, (1, 8, 8), ChannelPruneConfig(amount=0.5, normalize=True))
+    assert relative == {"conv1": (4, 2), "conv2": (4, 2)}  # 0.75, 1.0 | 0.75, 1.0 stay
