@@ -87,7 +87,7 @@ def sizes(dense: nn.Module, small: nn.Module, input_shape: tuple[int, ...]) -> d
 
 @section
 def slimming(data: modelzip.DataBundle) -> dict:
-    penalty, amount = 1e-4, 0.6
+    penalty, amount = 3e-3, 0.6
     shape = data.input_shape
 
     def make() -> nn.Module:
@@ -96,18 +96,23 @@ def slimming(data: modelzip.DataBundle) -> dict:
 
     sparse = cached(f"vgg-bn-l1-{penalty}", make, lambda m: fit(
         m, data.train, TRAIN, loss_fn=scale_penalty(m, penalty), desc="vgg-bn sparsity"))
+    finetune = TrainConfig(epochs=3, batch_size=128, lr=1e-3)
+    raw = copy.deepcopy(sparse)  # the paper's rule: one threshold on the raw scales
+    raw_channels = prune_channels_(raw, shape, ChannelPruneConfig(amount=amount, normalize=False))
+    fit(raw, data.train, finetune, desc="fine-tune")
     slim = copy.deepcopy(sparse)
     began = time.perf_counter()
-    channels = prune_channels_(slim, shape, ChannelPruneConfig(amount=amount))
+    channels = prune_channels_(slim, shape, ChannelPruneConfig(amount=amount, normalize=True))
     removed = evaluate(slim, data.test)
-    fit(slim, data.train, TrainConfig(epochs=4, batch_size=128, lr=5e-4), desc="fine-tune")
+    fit(slim, data.train, finetune, desc="fine-tune")
     seconds = time.perf_counter() - began
     before, after = sum(b for b, _ in channels.values()), sum(a for _, a in channels.values())
     conv = [v for k, v in channels.items() if k.startswith("conv")]
     out = {"channels_removed_fraction": 1 - after / before,
            "conv_channels_removed_fraction": 1 - sum(a for _, a in conv) / sum(b for b, _ in conv),
            "accuracy_before": evaluate(sparse, data.test), "accuracy_after": evaluate(slim, data.test),
-           "accuracy_removed_before_finetune": removed,
+           "accuracy_removed_before_finetune": removed, "accuracy_after_raw_threshold": evaluate(raw, data.test),
+           "channels_raw_threshold": raw_channels,
            "penalty": penalty, "amount": amount, "channels": channels, "prune_finetune_seconds": seconds}
     out.update(sizes(sparse, slim, shape))
     out["file_ratio"] = out["file_bytes_before"] / out["file_bytes_after"]
@@ -130,7 +135,7 @@ def mlp_slimming(data: modelzip.DataBundle) -> dict:
     dense_params = modelzip.layers.parameter_count(sparse)
     amount = _amount_for(sparse, data.input_shape, target, dense_params)
     slim = copy.deepcopy(sparse)
-    channels = prune_channels_(slim, data.input_shape, ChannelPruneConfig(amount=amount))
+    channels = prune_channels_(slim, data.input_shape, ChannelPruneConfig(amount=amount, normalize=False))
     fit(slim, data.train, TrainConfig(epochs=20, batch_size=128, lr=1e-3), desc="fine-tune")
     return {"params_removed_fraction": 1 - modelzip.layers.parameter_count(slim) / dense_params,
             "error_before": 1 - evaluate(sparse, data.test), "error_after": 1 - evaluate(slim, data.test),
@@ -253,7 +258,7 @@ def _amount_for(model: nn.Module, shape: tuple[int, ...], target: float, dense: 
     """The smallest fraction of neurons (in steps of 0.5%) whose removal takes away `target` of the parameters."""
     for step in range(1, 200):
         trial = copy.deepcopy(model)
-        prune_channels_(trial, shape, ChannelPruneConfig(amount=step / 200))
+        prune_channels_(trial, shape, ChannelPruneConfig(amount=step / 200, normalize=False))
         if 1 - modelzip.layers.parameter_count(trial) / dense >= target:
             return step / 200
     raise RuntimeError("no neuron fraction reaches the parameter target")

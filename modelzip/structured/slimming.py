@@ -32,7 +32,9 @@ class ChannelPruneConfig:
     scope: Scope = Scope.GLOBAL  # filter norms are not comparable across layers: use "layer" with l1/l2
     layers: Mapping[str, float] | None = None  # producer-name pattern -> own amount
     min_channels: int = 1
-    normalize: bool = False  # rank by each layer's scales relative to its largest (see channel_scores)
+    # Rank by each layer's scales relative to its largest (see channel_scores). On vgg-bn (MNIST, 60% of
+    # channels removed, 3 epochs of fine-tuning) raw scales lost 0.30 points and relative ones 0.02.
+    normalize: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "criterion", Criterion(self.criterion))
@@ -45,8 +47,10 @@ class ChannelPruneConfig:
 class SlimmingConfig:
     """Sparsity training, channel removal and fine-tuning (the paper's three steps)."""
 
-    # lambda of the L1 penalty on the batch-norm scales; the paper uses 1e-4 (1e-5 for ResNets).
-    penalty: float = 1e-4
+    # lambda of the L1 penalty on the batch-norm scales. The paper's 1e-4 suits SGD at lr 0.1 for 160
+    # epochs; under Adam for ~10 epochs it barely moves the scales (vgg-bn: all still 0.7-1.0), 3e-3
+    # drives the unneeded ones to ~0 at no cost in accuracy (99.48% against 99.51% at 1e-3).
+    penalty: float = 3e-3
     channels: ChannelPruneConfig = ChannelPruneConfig()
     train: TrainConfig | None = TrainConfig(epochs=10)  # None: the model comes trained with the penalty
     finetune: TrainConfig = TrainConfig(epochs=5, lr=5e-4)

@@ -113,7 +113,7 @@ def test_global_threshold_on_scales_by_hand():
         model.norm1.weight.copy_(torch.tensor([0.1, 0.9, 0.2, 0.8]))
         model.norm2.weight.copy_(torch.tensor([0.3, -0.05, 0.7, 0.6]))
         model.norm_fc1.weight.copy_(torch.tensor([0.5, 0.4, 0.01]))
-    channels = prune_channels_(model, (1, 8, 8), ChannelPruneConfig(amount=5 / 11))  # |g| < 0.4
+    channels = prune_channels_(model, (1, 8, 8), ChannelPruneConfig(amount=5 / 11, normalize=False))  # |g| < 0.4
     assert channels == {"conv1": (4, 2), "conv2": (4, 2), "fc1": (3, 2)}
     assert model.norm1.weight.tolist() == pytest.approx([0.9, 0.8])
     assert model.norm2.weight.tolist() == pytest.approx([0.7, 0.6])
@@ -182,7 +182,7 @@ def test_normalized_scores_compare_layers_by_relative_scale():
     with torch.no_grad():
         model.norm1.weight.copy_(torch.tensor([0.01, 0.02, 0.03, 0.04]))  # a layer shrunk as a whole
         model.norm2.weight.copy_(torch.tensor([1.0, 0.1, 3.0, 4.0]))
-    raw = prune_channels_(copy.deepcopy(model), (1, 8, 8), ChannelPruneConfig(amount=0.5))
+    raw = prune_channels_(copy.deepcopy(model), (1, 8, 8), ChannelPruneConfig(amount=0.5, normalize=False))
     assert raw == {"conv1": (4, 1), "conv2": (4, 4)}  # min_channels saves one
     relative = prune_channels_(model, (1, 8, 8), ChannelPruneConfig(amount=0.5, normalize=True))
     assert relative == {"conv1": (4, 2), "conv2": (4, 2)}  # 0.75, 1.0 | 0.75, 1.0 stay
