@@ -23,3 +23,4 @@ test: setup
 benchmarks: setup
 	$(PY) benchmarks/deep_compression.py
 	$(PY) benchmarks/soft_weight_sharing.py
+	$(PY) benchmarks/structured.py

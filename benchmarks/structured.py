@@ -4,7 +4,9 @@
 
 Sections (each adds its key to benchmarks/results/structured.json; run them in parallel with --only):
 - slimming: network slimming of a VGG-style CNN with batch norm (vgg-bn): sparsity training
-  (L1 on the batch-norm scales), removal of channels under one global threshold, fine-tuning. Keys
+  (L1 on the batch-norm scales), removal of 60% of the channels under one global threshold on the
+  scales relative to each layer's largest, fine-tuning (and, side by side, the paper's threshold on
+  the raw scales: accuracy_after_raw_threshold). Keys
   channels_removed_fraction, accuracy_before (the trained network, unpruned), accuracy_after
   (slimmed and fine-tuned), file_ratio (.mzip bytes of the unpruned / the slimmed network),
   latency_ratio_b1 / _b64 (CPU forward time unpruned / slimmed, interleaved in one run), plus the
