@@ -198,9 +198,11 @@ class _Tracer:
         kind = type(module).__name__
         if isinstance(module, (nn.Conv1d, nn.Conv2d)):
             if module.groups == 1:
-                self._consume(name, first, 1, kind)
+                self._need_channels(name, first, kind)
+                self.inputs[name] = first
                 return self._new(module.out_channels, name)
             if module.groups == module.in_channels == module.out_channels:
+                self._need_channels(name, first, kind)
                 self.per_channel[name] = first
                 return first
             raise ModelError(f"layer {name!r}: grouped convolution ({module.groups} groups) is not supported by "
@@ -208,10 +210,13 @@ class _Tracer:
         if isinstance(module, nn.Linear):
             if len(shape) != 2:
                 raise ModelError(f"layer {name!r}: channel removal supports Linear layers on (batch, features) only")
-            self._consume(name, first, module.in_features, kind)
+            carried = sum(s.channels * s.spatial for s in first)
+            if carried != module.in_features:
+                raise ModelError(f"layer {name!r} reads {module.in_features} features but its input carries {carried}")
+            self.inputs[name] = first
             return self._new(module.out_features, name)
         if isinstance(module, NORMS):
-            self._need_channels(name, first, 1, kind)
+            self._need_channels(name, first, kind)
             self.per_channel[name] = first
             for s in first:
                 self.groups[self._find(s.group)].norms.append(name)
@@ -226,16 +231,8 @@ class _Tracer:
         raise ModelError(f"layer {name!r} ({kind}) is not known to keep channels; channel removal cannot follow "
                          f"it ({EXTENSION_HINT})")
 
-    def _consume(self, name: str, layout: Layout, features: int | None, kind: str) -> None:
-        if kind.startswith("Conv"):
-            self._need_channels(name, layout, 1, kind)
-        total = sum(s.channels * s.spatial for s in layout)
-        if kind == "Linear" and total != features:
-            raise ModelError(f"layer {name!r} reads {features} features but its input carries {total}")
-        self.inputs[name] = layout
-
-    def _need_channels(self, name: str, layout: Layout, spatial: int, kind: str) -> None:
-        if any(s.spatial != spatial for s in layout):
+    def _need_channels(self, name: str, layout: Layout, kind: str) -> None:
+        if any(s.spatial != 1 for s in layout):
             raise ModelError(f"layer {name!r} ({kind}) reads a flattened tensor; channel removal cannot map it")
 
     def _cat(self, node: fx.Node, layouts: dict[fx.Node, Layout | None], shape: tuple[int, ...],
