@@ -186,3 +186,48 @@ def test_normalized_scores_compare_layers_by_relative_scale():
     assert raw == {"conv1": (4, 1), "conv2": (4, 4)}  # min_channels saves one
     relative = prune_channels_(model, (1, 8, 8), ChannelPruneConfig(amount=0.5, normalize=True))
     assert relative == {"conv1": (4, 2), "conv2": (4, 2)}  # 0.75, 1.0 | 0.75, 1.0 stay
+
+
+class Block(nn.Module):
+    """torchvision's BasicBlock shape: two 3x3 convs, and a strided 1x1 conv + norm on the shortcut."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, 2, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = self.bn2(self.conv2(out))
+        out += self.downsample(x)
+        return F.relu(out)
+
+
+class TinyResNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.layer1 = Block(8, 12)
+        self.fc = nn.Linear(12 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer1(self.stem(x))
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_a_resnet_block_with_a_downsampling_shortcut():
+    model = TinyResNet().eval()
+    _randomise_norms(model)
+    graph = trace(model, (1, 8, 8))
+    names = sorted(g.name for g in graph.prunable())
+    assert names == ["layer1.conv1", "layer1.conv2+layer1.downsample.0", "stem.0"]
+    merged = next(g for g in graph.prunable() if "downsample" in g.name)
+    assert merged.norms == ["layer1.bn2", "layer1.downsample.1"]
+    keep = {g.id: torch.arange(0, g.size, 2) for g in graph.prunable()}
+    _silence(model, graph, keep)
+    x = torch.randn(3, 1, 8, 8)
+    expected = model(x)
+    remove_channels_(model, graph, keep)
+    assert torch.allclose(model(x), expected, atol=1e-5)
+    assert model.fc.in_features == 6 * 16 and model.layer1.downsample[0].weight.shape == (6, 4, 1, 1)
