@@ -1,6 +1,10 @@
-"""Quantization: k-means codebooks and trained weight sharing."""
+"""Quantization: k-means codebooks and trained weight sharing; uniform (affine, binary, ternary) codes and QAT."""
 from .kmeans import Init, initial_centroids, kmeans_codebook
+from .pack import pack, packed_size, unpack
+from .qat import QATMethod, prepare_qat
 from .sharing import QuantizeConfig, SharedWeights, quantize_, trained_quantization
+from .uniform import Observer, QuantSpec, dequantize, fake_quantize, qparams, qrange, quantize
 
-__all__ = ["Init", "QuantizeConfig", "SharedWeights", "initial_centroids", "kmeans_codebook", "quantize_",
-           "trained_quantization"]
+__all__ = ["Init", "Observer", "QATMethod", "QuantSpec", "QuantizeConfig", "SharedWeights", "dequantize",
+           "fake_quantize", "initial_centroids", "kmeans_codebook", "pack", "packed_size", "prepare_qat", "qparams",
+           "qrange", "quantize", "quantize_", "trained_quantization", "unpack"]
