@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -159,3 +159,38 @@ def independent_copy(model: nn.Module) -> nn.Module:
             cls = type(module)
             module.__class__ = type(cls.__name__, cls.__bases__, dict(vars(cls)))
     return clone
+
+
+def plain_type(module: nn.Module) -> type[nn.Module]:
+    """The module's own class: parametrize swaps in a generated subclass, look through it."""
+    return type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)
+
+
+def check_replaceable(name: str, layer: nn.Module, doing: str) -> None:
+    """A layer a transform will replace (`doing`: "factorizing", "hashing") must be a named sublayer with
+    plain, finite weights: masks or shared centroids would be silently lost in the replacement."""
+    if not name:
+        raise ModelError(f"the model itself is a {type(layer).__name__}; wrap it (nn.Sequential) before {doing} it")
+    if parametrize.is_parametrized(layer):
+        raise ModelError(f"layer {name!r} has parametrized weights (masks or shared centroids); "
+                         f"call modelzip.strip(model) before {doing}")
+    if not torch.isfinite(layer.weight).all():
+        raise ModelError(f"layer {name!r} has NaN or infinite weights; {doing} a broken layer makes no sense")
+
+
+def replacing(found: list[Target], values: Mapping[Target, V | None], named: set[str],
+              accepts: Callable[[nn.Module], bool], why_not: str) -> Iterator[tuple[Target, V]]:
+    """The (target, value) pairs a layer-replacing transform acts on: a value set and a layer it accepts.
+
+    A layer it cannot replace is skipped, unless the user named it (`named`): then ModelError, with
+    `why_not` ("cannot be hashed: only ...") saying which layers it can replace.
+    """
+    for t in found:
+        value = values[t]
+        if value is None:
+            continue
+        if not accepts(t.module):
+            if t.name in named:
+                raise ModelError(f"layer {t.name!r} ({type(t.module).__name__}) {why_not}; drop it from `layers`")
+            continue
+        yield t, value

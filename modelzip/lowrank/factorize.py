@@ -18,12 +18,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 from torch.utils.data import TensorDataset
 
-from ..errors import ConfigError, ModelError
-from ..layers import Target, per_target, targets
-from ..models.edits import EDITS, Edit, record_edit, replace_module, submodule
+from ..errors import ConfigError
+from ..layers import Target, check_replaceable, per_target, plain_type, replacing, targets
+from ..models.edits import EDITS, Edit, record_edit, replace_module, swap_layer
 from ..train import LossFn, TrainConfig, cross_entropy, fit
 from .ranks import check_fraction, check_ranks, energy_ranks, factorized_count, rank_for_ratio
 from .svd import svd_factors
@@ -78,15 +77,7 @@ def _structure(layer: nn.Module, ranks: Sequence[int]) -> nn.Sequential:
 @EDITS.register("factorize")
 def _replay(model: nn.Module, edit: Edit) -> None:
     """Swap the layer for its empty factorized structure; the state_dict fills it in afterwards."""
-    name = edit.get("module", "")
-    layer = submodule(model, name)
-    if not _factorizable(layer):
-        raise ModelError(f"factorize edit names layer {name!r}, a {type(layer).__name__}, which cannot be factorized")
-    try:
-        new = _structure(layer, edit.get("ranks", []))
-    except ConfigError as exc:
-        raise ModelError(f"factorize edit of layer {name!r}: {exc}") from None
-    replace_module(model, name, new)
+    swap_layer(model, edit, _factorizable, lambda layer: _structure(layer, edit.get("ranks", [])))
 
 
 def _plan(model: nn.Module, ratio: float | Mapping[str, float | None] | None, energy: float | None,
@@ -100,17 +91,13 @@ def _plan(model: nn.Module, ratio: float | Mapping[str, float | None] | None, en
     values = per_target(model, found, energy if energy is not None else ratio, layers)
     named = {t.name for t in found if any(fnmatch.fnmatchcase(t.name, p) for p in layers or {})}
     skipped = _excluded(found, _patterns(exclude))
-    plan = []
     for t in found:
-        value = values[t]
-        if value is None or t.name in skipped or (t.weight.numel() < min_weights and t.name not in named):
-            continue
-        if not _factorizable(t.module):
-            if t.name in named:
-                raise ModelError(f"layer {t.name!r} ({type(t.module).__name__}) cannot be factorized: only "
-                                 "nn.Linear and nn.Conv2d with groups=1 can; drop it from `layers`")
-            continue
-        _check_layer(t.name, t.module)
+        if t.name in skipped or (t.weight.numel() < min_weights and t.name not in named):
+            values[t] = None
+    plan = []
+    for t, value in replacing(found, values, named, _factorizable,
+                              "cannot be factorized: only nn.Linear and nn.Conv2d with groups=1 can"):
+        check_replaceable(t.name, t.module, "factorizing")
         weight = t.module.weight
         ranks = energy_ranks(weight, value) if energy is not None else rank_for_ratio(weight.shape, value)
         if factorized_count(weight.shape, ranks) < prod(weight.shape):
@@ -133,20 +120,10 @@ def _check_settings(ratio: float | Mapping[str, float | None] | None, energy: fl
         check_fraction(energy, what)
 
 
-def _check_layer(name: str, layer: nn.Module) -> None:
-    if not name:
-        raise ModelError(f"the model itself is a {type(layer).__name__}; wrap it (nn.Sequential) to factorize it")
-    if parametrize.is_parametrized(layer):
-        raise ModelError(f"layer {name!r} has parametrized weights (masks or shared centroids); "
-                         "call modelzip.strip(model) before factorizing")
-    if not torch.isfinite(layer.weight).all():
-        raise ModelError(f"layer {name!r} has NaN or infinite weights; cannot factorize a broken layer")
-
-
 def _factorizable(module: nn.Module) -> bool:
     # exact types: subclasses (MultiheadAttention's out_proj, say) may read .weight directly elsewhere;
     # parametrize swaps a module's class for a subclass of the original, so look through that one
-    cls = type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)
+    cls = plain_type(module)
     return cls is nn.Linear or (cls is nn.Conv2d and module.groups == 1)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from ..registry import Registry
 
 ARCH_ATTR = "modelzip_arch"
@@ -52,6 +52,23 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     submodule(model, name)
     setattr(submodule(model, parent_name) if parent_name else model, child, new)
+
+
+def swap_layer(model: nn.Module, edit: Edit, accepts: Callable[[nn.Module], bool],
+               make: Callable[[nn.Module], nn.Module]) -> None:
+    """Replay an edit that replaced a layer: check the named layer, build its empty replacement, swap it in.
+
+    The state_dict fills the replacement's tensors afterwards, so `make` only shapes it.
+    """
+    name = edit.get("module", "")
+    layer = submodule(model, name)
+    if not accepts(layer):
+        raise ModelError(f"{edit['op']} edit names layer {name!r}, a {type(layer).__name__}, which cannot take it")
+    try:
+        new = make(layer)
+    except ConfigError as exc:
+        raise ModelError(f"{edit['op']} edit of layer {name!r}: {exc}") from None
+    replace_module(model, name, new.train(layer.training))
 
 
 def resize_edit(name: str, module: nn.Module, attrs: dict[str, Any]) -> Edit:

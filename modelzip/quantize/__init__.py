@@ -1,11 +1,17 @@
-"""Quantization: k-means codebooks and trained sharing; uniform (affine, binary, ternary) codes and QAT; hashing."""
+"""Quantization: k-means codebooks and trained sharing (Deep Compression); uniform affine, binary and ternary
+codes with QAT; product quantization and Quant-Noise; hashing-based sharing; data-free calibration inputs."""
+from .datafree import calibrate_activations, synthesize
 from .hashing import HashedConv2d, HashedLinear, hash_
 from .kmeans import Init, initial_centroids, kmeans_codebook
+from .noise import NoiseMode, QuantNoise, finish_quant_noise, prepare_quant_noise
 from .pack import pack, packed_size, unpack
+from .pq import PQWeights, pq_bytes, pq_decode, pq_encode, pq_quantize_
 from .qat import QATMethod, prepare_qat
 from .sharing import QuantizeConfig, SharedWeights, quantize_, trained_quantization
 from .uniform import Observer, QuantSpec, dequantize, fake_quantize, qparams, qrange, quantize
 
-__all__ = ["HashedConv2d", "HashedLinear", "Init", "Observer", "QATMethod", "QuantSpec", "QuantizeConfig", "SharedWeights", "dequantize",
-           "fake_quantize", "hash_", "initial_centroids", "kmeans_codebook", "pack", "packed_size", "prepare_qat", "qparams",
-           "qrange", "quantize", "quantize_", "trained_quantization", "unpack"]
+__all__ = ["HashedConv2d", "HashedLinear", "Init", "NoiseMode", "Observer", "PQWeights", "QATMethod", "QuantNoise",
+           "QuantSpec", "QuantizeConfig", "SharedWeights", "calibrate_activations", "dequantize", "fake_quantize",
+           "finish_quant_noise", "hash_", "initial_centroids", "kmeans_codebook", "pack", "packed_size",
+           "pq_bytes", "pq_decode", "pq_encode", "pq_quantize_", "prepare_qat", "prepare_quant_noise", "qparams",
+           "qrange", "quantize", "quantize_", "synthesize", "trained_quantization", "unpack"]

@@ -21,11 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
-from torch.nn.utils import parametrize
 
-from ..errors import ConfigError, ModelError
-from ..layers import per_target, targets
-from ..models.edits import EDITS, Edit, record_edit, replace_module, submodule
+from ..errors import ConfigError
+from ..layers import check_replaceable, per_target, plain_type, replacing, targets
+from ..models.edits import EDITS, Edit, record_edit, replace_module, swap_layer
 
 _MASK32 = 0xFFFF_FFFF
 _GOLDEN = 0x9E37_79B9  # 2**32 / golden ratio: spreads consecutive salts over the 32-bit range
@@ -185,15 +184,7 @@ def hash_(model: nn.Module, ratio: float | Mapping[str, float | None] | None = N
 @EDITS.register("hash")
 def _replay(model: nn.Module, edit: Edit) -> None:
     """Swap the layer for an empty hashed one; the state_dict fills `shared` and the bias afterwards."""
-    name = edit.get("module", "")
-    layer = submodule(model, name)
-    if not _hashable(layer):
-        raise ModelError(f"hash edit names layer {name!r}, a {type(layer).__name__}, which cannot be hashed")
-    try:
-        new = _structure(layer, edit.get("buckets"), edit.get("seed", 0))
-    except ConfigError as exc:
-        raise ModelError(f"hash edit of layer {name!r}: {exc}") from None
-    replace_module(model, name, new.train(layer.training))
+    swap_layer(model, edit, _hashable, lambda layer: _structure(layer, edit.get("buckets"), edit.get("seed", 0)))
 
 
 def _structure(layer: nn.Module, buckets: Any, seed: Any) -> _Hashed:
@@ -226,34 +217,17 @@ def _plan(model: nn.Module, ratio: float | Mapping[str, float | None] | None, la
     values = per_target(model, found, ratio, overrides)
     named = {t.name for t in found if any(fnmatch.fnmatchcase(t.name, p) for p in layers or {})}
     plan = []
-    for t in found:
-        value = values[t]
-        if value is None:
-            continue
-        if not _hashable(t.module):
-            if t.name in named:
-                raise ModelError(f"layer {t.name!r} ({type(t.module).__name__}) cannot be hashed: only nn.Linear "
-                                 "and nn.Conv2d with zero padding can; drop it from `layers`")
-            continue
-        _check_layer(t.name, t.module)
+    for t, value in replacing(found, values, named, _hashable,
+                              "cannot be hashed: only nn.Linear and nn.Conv2d with zero padding can"):
+        check_replaceable(t.name, t.module, "hashing")
         plan.append((t.name, t.module, max(1, round(value * t.module.weight.numel()))))
     return plan
 
 
 def _hashable(module: nn.Module) -> bool:
     # exact types (a subclass may read .weight elsewhere); parametrize subclasses the layer's class: look through
-    cls = type(module).__bases__[0] if parametrize.is_parametrized(module) else type(module)
+    cls = plain_type(module)
     return cls is nn.Linear or (cls is nn.Conv2d and module.padding_mode == "zeros")
-
-
-def _check_layer(name: str, layer: nn.Module) -> None:
-    if not name:
-        raise ModelError(f"the model itself is a {type(layer).__name__}; wrap it (nn.Sequential) to hash it")
-    if parametrize.is_parametrized(layer):
-        raise ModelError(f"layer {name!r} has parametrized weights (masks or shared centroids); "
-                         "call modelzip.strip(model) before hashing")
-    if not torch.isfinite(layer.weight).all():
-        raise ModelError(f"layer {name!r} has NaN or infinite weights; cannot hash a broken layer")
 
 
 def _check_ratio(value: object, where: str) -> None:

@@ -7,23 +7,24 @@ through estimator. Quant-Noise quantizes only a random fraction p of blocks in e
 
 (rows of the (out, in * kh * kw) matrix, as in product quantization; a row's last block may be shorter
 in scalar mode). The other blocks stay full precision and get their true gradient; the quantized ones
-get the STE gradient of q. p = 1 is plain QAT; the paper finds p in 0.05..0.2 best for iPQ, 0.5 for int8.
+get the STE gradient of q. p = 1 is plain QAT; fairseq recommends p = 0.05..0.2 for iPQ.
 
 `q` is one of (the `mode`):
 - scalar: uniform fake quantization to int8/int4 (`qat.FakeQuant`, a QuantSpec), on the range observed
   on the whole current weight, so a block is quantized exactly as it will be after training;
-- pq: iPQ, each sub-vector replaced by its nearest codeword. What we do (the paper re-estimates the
-  codebook, which is too costly per step): the codebook is fitted once at prepare time by k-means of the
+- pq: iPQ, each sub-vector replaced by its nearest codeword. What we do (re-running k-means on the weight
+  at every step would be too costly): the codebook is fitted once at prepare time by k-means of the
   pretrained weights and then trains by gradient (its codewords get the summed gradients of the quantized
   sub-vectors using them); the codes follow the weight, re-assigned each step to the nearest codeword
-  ("the current centroid", which the authors report works as well as their zeroing proxy in fairseq).
+  (its "current centroid"; fairseq instead zeroes the chosen blocks, which its authors found to work as well).
   For the paper's last stage, strip and run `pq.pq_quantize_` to re-cluster and fine-tune the codebook.
 
 The random mask comes from the global torch RNG, which `train.fit` seeds with TrainConfig.seed: a run is
 reproducible, and there is no per-layer generator state to save or to move between devices.
 
 Inference: Quant-Noise is a training method. In eval mode (and without autograd) a layer with p < 1
-returns its full-precision weight — the network before quantization. The paper deploys the network fully
+returns its full-precision weight — the network before quantization (fairseq's scalar layers quantize
+fully in eval mode instead). The paper deploys the network fully
 quantized after training: `finish_quant_noise` sets p = 1 everywhere, after which `evaluate` measures the
 quantized network and `modelzip.layers.strip` bakes exactly q(W) into plain weights.
 """

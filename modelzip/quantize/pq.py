@@ -56,8 +56,8 @@ def pq_encode(weight: torch.Tensor, block_size: int, centroids: int, seed: int =
     order = np.lexsort(km.cluster_centers_.T[::-1])  # first column is the primary key
     rank = np.empty_like(order)
     rank[order] = np.arange(k)
-    codebook = torch.from_numpy(km.cluster_centers_[order]).to(weight.dtype)
-    return codebook, torch.from_numpy(rank[km.labels_]).long().reshape(sub.shape[:2])
+    codebook = torch.from_numpy(km.cluster_centers_[order]).to(weight.device, weight.dtype)
+    return codebook, torch.from_numpy(rank[km.labels_]).to(weight.device).long().reshape(sub.shape[:2])
 
 
 def pq_decode(codebook: torch.Tensor, codes: torch.Tensor, shape: Sequence[int], block_size: int) -> torch.Tensor:
