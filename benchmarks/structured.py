@@ -56,9 +56,11 @@ def section(fn: Callable[[modelzip.DataBundle], dict]) -> Callable[[modelzip.Dat
     return fn
 
 
-def cached(key: str, make: Callable[[], nn.Module], train: Callable[[nn.Module], object]) -> nn.Module:
-    """A trained network from the cache, or trained now and cached (a state_dict)."""
-    model = make()
+def cached(key: str, spec: str, data: modelzip.DataBundle, train: Callable[[nn.Module], object],
+           **build_kwargs: object) -> nn.Module:
+    """Network `spec` (built with seed 0), trained: from the cache, or trained now and cached (a state_dict)."""
+    torch.manual_seed(0)
+    model = modelzip.build(spec, data.input_shape, data.num_classes, **build_kwargs)
     path = CACHE / f"{key}.pt"
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
@@ -91,12 +93,7 @@ def sizes(dense: nn.Module, small: nn.Module, input_shape: tuple[int, ...]) -> d
 def slimming(data: modelzip.DataBundle) -> dict:
     penalty, amount = 3e-3, 0.6
     shape = data.input_shape
-
-    def make() -> nn.Module:
-        torch.manual_seed(0)
-        return modelzip.build("vgg-bn", shape, data.num_classes)
-
-    sparse = cached(f"vgg-bn-l1-{penalty}", make, lambda m: fit(
+    sparse = cached(f"vgg-bn-l1-{penalty}", "vgg-bn", data, lambda m: fit(
         m, data.train, TRAIN, loss_fn=scale_penalty(m, penalty), desc="vgg-bn sparsity"))
     finetune = TrainConfig(epochs=3, batch_size=128, lr=1e-3)
     raw = copy.deepcopy(sparse)  # the paper's rule: one threshold on the raw scales
@@ -126,14 +123,9 @@ def slimming(data: modelzip.DataBundle) -> dict:
 @section
 def mlp_slimming(data: modelzip.DataBundle) -> dict:
     penalty, target = 1e-4, 0.844  # the paper removes 84.4% of the parameters
-
-    def make() -> nn.Module:
-        torch.manual_seed(0)
-        return modelzip.build("mlp-500-300", data.input_shape, data.num_classes, batch_norm=True)
-
     config = TrainConfig(epochs=30, batch_size=128, lr=1e-3)
-    sparse = cached(f"mlp-500-300-bn-l1-{penalty}", make, lambda m: fit(
-        m, data.train, config, loss_fn=scale_penalty(m, penalty), desc="mlp sparsity"))
+    sparse = cached(f"mlp-500-300-bn-l1-{penalty}", "mlp-500-300", data, lambda m: fit(
+        m, data.train, config, loss_fn=scale_penalty(m, penalty), desc="mlp sparsity"), batch_norm=True)
     dense_params = modelzip.layers.parameter_count(sparse)
     amount = _amount_for(sparse, data.input_shape, target, dense_params)
     slim = copy.deepcopy(sparse)
@@ -146,10 +138,7 @@ def mlp_slimming(data: modelzip.DataBundle) -> dict:
 
 
 def lenet(name: str, data: modelzip.DataBundle) -> nn.Module:
-    def make() -> nn.Module:
-        torch.manual_seed(0)
-        return modelzip.build(name, data.input_shape, data.num_classes)
-    return cached(name, make, lambda m: fit(m, data.train, TRAIN, desc=name))
+    return cached(name, name, data, lambda m: fit(m, data.train, TRAIN, desc=name))
 
 
 @section
@@ -233,22 +222,16 @@ def lowrank(data: modelzip.DataBundle) -> dict:
 
 
 def _factorized(model: nn.Module, budget: float, dense_layers: list[str]) -> tuple[nn.Module, float]:
-    """The model factorized with the largest kept ratio (in steps of 0.1%) that fits `budget` parameters.
-
-    Parameters grow with the kept ratio, so a bisection over the steps finds it.
-    """
+    """The model factorized with the largest kept ratio (in steps of 0.1%) that fits `budget` parameters."""
     def trial(step: int) -> nn.Module:
         work = copy.deepcopy(model)
         factorize_(work, step / 1000, exclude=dense_layers)
         return work
 
-    low, high = 0, 1000  # trial(low) fits (or low is 0), trial(high) does not
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if modelzip.layers.parameter_count(trial(middle)) <= budget else (low, middle)
-    if low == 0:
+    step = _smallest(lambda s: modelzip.layers.parameter_count(trial(s)) > budget, 999) - 1
+    if step == 0:
         raise RuntimeError("no kept ratio fits the parameter budget")
-    return trial(low), low / 1000
+    return trial(step), step / 1000
 
 
 def factorize_ranks(model: nn.Module) -> dict[str, list[int]]:
@@ -258,12 +241,28 @@ def factorize_ranks(model: nn.Module) -> dict[str, list[int]]:
 
 def _amount_for(model: nn.Module, shape: tuple[int, ...], target: float, dense: int) -> float:
     """The smallest fraction of neurons (in steps of 0.5%) whose removal takes away `target` of the parameters."""
-    for step in range(1, 200):
+    def reaches(step: int) -> bool:
         trial = copy.deepcopy(model)
         prune_channels_(trial, shape, ChannelPruneConfig(amount=step / 200, normalize=False))
-        if 1 - modelzip.layers.parameter_count(trial) / dense >= target:
-            return step / 200
-    raise RuntimeError("no neuron fraction reaches the parameter target")
+        return 1 - modelzip.layers.parameter_count(trial) / dense >= target
+
+    step = _smallest(reaches, 199)
+    if step == 200:
+        raise RuntimeError("no neuron fraction reaches the parameter target")
+    return step / 200
+
+
+def _smallest(holds: Callable[[int], bool], high: int) -> int:
+    """The smallest step in [1, high] where `holds` (false below it, true from it on) is true; high + 1 if none.
+
+    Parameters only grow with the kept ratio and only shrink with the removed fraction, so both searches
+    bisect.
+    """
+    low, high = 0, high + 1  # holds(low) is false, holds(high) is taken as true
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if holds(middle) else (middle, high)
+    return high
 
 
 @section

@@ -15,7 +15,7 @@ from .atomic import atomic_write
 from .data import load_data, split
 from .distill import DistillConfig, adjust_bias_, distill, search_bias_offset, without_classes
 from .errors import ConfigError, ModelzipError
-from .models import arch_of, build
+from .models import build, input_shape_of
 from .pipeline import compress
 from .recipes import built_in, load_recipe
 from .report import print_report, write_report
@@ -139,10 +139,10 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _input_shape(model: torch.nn.Module, path: str) -> tuple[int, ...]:
-    shape = ((arch_of(model) or {}).get("kwargs") or {}).get("input_shape")
-    if not shape:
+    shape = input_shape_of(model)
+    if shape is None:
         raise ConfigError(f"{path} does not record its input shape; give --input-shape C H W")
-    return tuple(shape)
+    return shape
 
 
 def _parser() -> argparse.ArgumentParser:

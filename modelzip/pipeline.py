@@ -18,8 +18,8 @@ from .data import DataBundle
 from .distill import teaching
 from .io import dense_bytes, dumps, loads
 from .layers import strip
-from .models import arch_of, build
 from .lowrank import low_rank
+from .models import arch_of, build
 from .profile import compare, profile
 from .prune import iterative_prune
 from .quantize import trained_quantization

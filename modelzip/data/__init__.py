@@ -5,6 +5,6 @@ from modelzip.data.batching import batches
 from modelzip.data.bundle import DataBundle
 from modelzip.data.idx import read_idx, write_idx
 from modelzip.data.sources import load_data
-from modelzip.data.subsets import split
+from modelzip.data.subsets import sample, split
 
-__all__ = ["DataBundle", "batches", "jitter", "load_data", "read_idx", "split", "write_idx"]
+__all__ = ["DataBundle", "batches", "jitter", "load_data", "read_idx", "sample", "split", "write_idx"]

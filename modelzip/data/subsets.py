@@ -9,6 +9,14 @@ from torch.utils.data import TensorDataset
 from modelzip.errors import ConfigError, DataError
 
 
+def sample(dataset: TensorDataset, examples: int, *, seed: int) -> TensorDataset:
+    """At most `examples` examples, drawn without replacement by a seeded permutation (data may be sorted by class)."""
+    if examples >= len(dataset):
+        return dataset
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:examples]
+    return TensorDataset(*(t[order] for t in dataset.tensors))
+
+
 def split(
     dataset: TensorDataset, fraction: float, *, seed: int, stratify: bool = True
 ) -> tuple[TensorDataset, TensorDataset]:

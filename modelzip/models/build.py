@@ -56,9 +56,8 @@ def rebuild(arch: dict[str, Any], *, allow_import: bool = False, device: str | t
             model = builder(**kwargs)
         except TypeError as exc:  # a keyword the builder does not take, or a missing one
             raise ModelError(f"cannot build {arch.get('name', arch.get('import'))}: {exc}") from None
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"{arch} returned {type(model).__name__}, not a torch.nn.Module")
-    with torch.device(device) if device is not None else contextlib.nullcontext():
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"{arch} returned {type(model).__name__}, not a torch.nn.Module")
         apply_edits(model, arch.get("edits", []))
     setattr(model, ARCH_ATTR, arch)
     return model
@@ -67,6 +66,12 @@ def rebuild(arch: dict[str, Any], *, allow_import: bool = False, device: str | t
 def arch_of(model: nn.Module) -> dict[str, Any] | None:
     """The rebuild record of a model made by `build`, or None for a model built elsewhere."""
     return getattr(model, ARCH_ATTR, None)
+
+
+def input_shape_of(model: nn.Module) -> tuple[int, ...] | None:
+    """The input shape a built-in model was built for (its arch record's), or None."""
+    shape = ((arch_of(model) or {}).get("kwargs") or {}).get("input_shape")
+    return tuple(shape) if shape else None
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.data import TensorDataset
 
-from ..data import batches
+from ..data import batches, sample
 from ..errors import ConfigError, DataError, ModelError
 from ..layers import Target, targets
 from ..train import LossFn, cross_entropy
@@ -54,7 +54,7 @@ def hessian_diagonal(model: nn.Module, data: TensorDataset, method: HessianMetho
         raise DataError("OBD needs data to estimate the Hessian; the dataset is empty")
     found = targets(model)
     device = found[0].weight.device
-    subset = _subset(data, examples, seed)
+    subset = sample(data, examples, seed=seed)
     loader = ([t.to(device) for t in batch] for batch in batches(subset, batch_size, shuffle=False))
     was_training = model.training
     model.eval()
@@ -149,11 +149,3 @@ def _averaged(model: nn.Module, zeros: dict[str, torch.Tensor], names: list[str]
         for name, h in zip(leaves, diagonal):
             sums[name] += h * (len(batch[0]) / total)
     return sums
-
-
-def _subset(data: TensorDataset, examples: int, seed: int) -> TensorDataset:
-    """At most `examples` examples, drawn without replacement by a seeded permutation (data may be sorted by class)."""
-    if examples >= len(data):
-        return data
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:examples]
-    return TensorDataset(*(t[order] for t in data.tensors))

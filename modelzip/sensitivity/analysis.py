@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError, ModelError
 from ..layers import independent_copy, targets
 from ..lowrank import factorize_
-from ..models import arch_of
+from ..models import input_shape_of
 from ..prune import prune_
 from ..quantize import quantize_
 from ..registry import Registry
@@ -132,11 +132,11 @@ def slim_layer(model: nn.Module, layer: str, amount: float) -> None:
     The channel groups are traced on the input shape the model was built for (`modelzip.build`).
     """
     _single_layer(model, layer)
-    shape = ((arch_of(model) or {}).get("kwargs") or {}).get("input_shape")
-    if not shape:
+    shape = input_shape_of(model)
+    if shape is None:
         raise ConfigError("channel sensitivity needs the model's input shape: build it with modelzip.build")
     if amount > 0:
-        prune_channels_(model, tuple(shape), ChannelPruneConfig("l1", amount=0.0, scope="layer",
+        prune_channels_(model, shape, ChannelPruneConfig("l1", amount=0.0, scope="layer",
                                                                 layers={_literal(layer): amount}))
 
 

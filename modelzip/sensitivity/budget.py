@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from ..data import sample
 from ..layers import per_target, targets
 from ..train import evaluate
 from .allocate import allocate, kept_weights
@@ -33,8 +33,7 @@ def allocated_sparsity(model: nn.Module, data: TensorDataset, sparsity: Mapping[
     wanted = per_target(model, found, sparsity, layers)
     cost = kept_weights(model)
     budget = sum(cost(t.name, wanted[t]) for t in found)
-    pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:examples]
-    held_out = TensorDataset(*(t[pick] for t in data.tensors))
+    held_out = sample(data, examples, seed=seed)
     values = sorted({*GRID, *wanted.values()})
     sens = sensitivity(model, lambda m: evaluate(m, held_out), [t.name for t in found], values, prune_layer,
                        kind="sparsity")
