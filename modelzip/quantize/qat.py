@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError
 from ..layers import per_target, targets
-from ..prune import Mask
+from .pq import refuse_parametrized
 from .uniform import (Observer, QuantSpec, along, dequantize, fake_quantize, flatten_channels, observer, qparams,
                       qrange, quantize)
 
@@ -166,11 +166,7 @@ def prepare_qat(model: nn.Module, spec: QuantSpec | Mapping[str, QuantSpec] = Qu
     wanted = per_target(model, found, spec, layers)
     attached = {}
     for t in found:
-        if parametrize.is_parametrized(t.module, t.param):
-            other = [type(p).__name__ for p in t.module.parametrizations[t.param] if not isinstance(p, Mask)]
-            if other:
-                raise ModelError(f"{t.name}.{t.param} already has a {other[0]} parametrization; QAT needs a plain "
-                                 "or pruned weight (strip the model first)")
+        refuse_parametrized(t, "QAT", pruned_ok=True)
         if method is QATMethod.LSQ:
             quantizer: nn.Module = LSQ(t.weight.detach(), wanted[t])
         elif method is QATMethod.UNIFORM:
