@@ -22,9 +22,7 @@ Trained networks are cached in benchmarks/results/files/structured/.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +32,7 @@ from rich.console import Console
 from torch import nn
 
 import modelzip
-from deep_compression import SHARED_MNIST
+from sections import Section, run
 from modelzip.data import split
 from modelzip.layers import targets
 from modelzip.lowrank import factorize_
@@ -48,11 +46,12 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "structured.json"
 CACHE = HERE / "results" / "files" / "structured"
 TRAIN = TrainConfig(epochs=8, batch_size=128, lr=1e-3)
-SECTIONS: dict[str, Callable[[modelzip.DataBundle], dict]] = {}
+SECTIONS: dict[str, Section] = {}
 
 
-def section(fn: Callable[[modelzip.DataBundle], dict]) -> Callable[[modelzip.DataBundle], dict]:
-    SECTIONS[fn.__name__] = fn
+def section(fn: Section) -> Section:
+    """Register `fn` as a section whose result is the results file's entry of its name."""
+    SECTIONS[fn.__name__] = lambda data: {fn.__name__: fn(data)}
     return fn
 
 
@@ -265,42 +264,22 @@ def _smallest(holds: Callable[[int], bool], high: int) -> int:
     return high
 
 
-@section
 def latency(data: modelzip.DataBundle) -> dict:
     """CPU latency ratios of the saved networks of the other sections, measured on a quiet machine.
 
     Run it alone, after the others: timings taken while other sections train are noise.
     """
-    results = json.loads(RESULTS.read_text())
-    results["slimming"].update(latency_ratios(modelzip.load(CACHE / "slimming-before.mzip"),
-                                              modelzip.load(CACHE / "slimming-after.mzip"), data.input_shape))
+    out: dict = {"slimming": latency_ratios(modelzip.load(CACHE / "slimming-before.mzip"),
+                                            modelzip.load(CACHE / "slimming-after.mzip"), data.input_shape)}
     for name in LOWRANK_DENSE:
         dense = modelzip.load(CACHE / f"lowrank-{name}-dense.mzip")
-        for factor in (2, 4, 8):
-            small = modelzip.load(CACHE / f"lowrank-{name}-{factor}x.mzip")
-            results["lowrank"][name][f"{factor}x"].update(latency_ratios(dense, small, data.input_shape))
-    return results
+        out.setdefault("lowrank", {})[name] = {
+            f"{factor}x": latency_ratios(dense, modelzip.load(CACHE / f"lowrank-{name}-{factor}x.mzip"),
+                                         data.input_shape) for factor in (2, 4, 8)}
+    return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=f"mnist:{SHARED_MNIST}")
-    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    data = modelzip.load_data(args.data)
-    torch.set_num_threads(1)  # one core each: sections run side by side, and latency is single-threaded
-    for name in args.only:
-        entry = SECTIONS[name](data)
-        if name == "latency":
-            args.out.write_text(json.dumps(entry, indent=2) + "\n")
-            continue
-        print(name, json.dumps({k: v for k, v in entry.items() if k != "layers"}, indent=1))
-        results = json.loads(args.out.read_text()) if args.out.exists() else {}  # sections may run in parallel
-        results[name] = entry
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
-
+SECTIONS["latency"] = latency  # adds its keys to the entries of the sections above
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run(__doc__, SECTIONS, RESULTS))

@@ -19,6 +19,8 @@ def main() -> None:
     soft_weight_sharing()
     print()
     structured()
+    print()
+    quantization()
 
 
 def deep_compression() -> None:
@@ -202,6 +204,47 @@ def structured() -> None:
         print(f"| {b['kept_weights']:,.0f} ({100 * (1 - b['uniform_sparsity']):g}%) | {b['uniform_sparsity']:g}: "
               f"{100 * b['accuracy_uniform']:.2f}% / {100 * b['accuracy_uniform_retrained']:.2f}% | {alloc} "
               f"| **{100 * b['accuracy_allocated']:.2f}% / {100 * b['accuracy_allocated_retrained']:.2f}%** |")
+
+
+def quantization() -> None:
+    r = json.loads((RESULTS / "quantization.json").read_text())
+    first = r["int8"]
+    print(f"| LeNet-5, full MNIST (float {100 * first['accuracy_before']:.2f}%) | .mzip file | ratio | accuracy "
+          "(decoded file) | accuracy, int8 execution | CPU latency ratio b1 / b64 |")
+    print("|---|---|---|---|---|---|")
+    print(f"| float32 | {first['float_file_bytes']:,} B | 1x | {100 * first['accuracy_before']:.2f}% | | 1 / 1 |")
+    for key, label in (("int8", "int8, post-training"), ("int4", "int4, post-training"),
+                       ("qat_int4", "int4, quantization-aware training"), ("binary", "binary (1 bit), trained")):
+        q = r[key]
+        print(f"| {label} | {q['file_bytes']:,} B | **{q['file_ratio']:.2f}x** | {100 * q['accuracy_after']:.2f}% "
+              f"| {100 * q['accuracy_int8_execution']:.2f}% | **{q['latency_ratio_b1']:.2f}x / "
+              f"{q['latency_ratio_b64']:.2f}x** |")
+    d = r["data_free_int8"]
+    print(f"\n| VGG-BN in int8 (float {100 * d['accuracy_float']:.2f}%), activations calibrated on "
+          "| accuracy |\n|---|---|")
+    for key, label in (("accuracy_real_calibration", f"{d['calibration_images']} real training images"),
+                       ("accuracy_data_free", f"{d['calibration_images']} images synthesized from batch-norm "
+                                              "statistics (no data)"),
+                       ("accuracy_noise_calibration", f"{d['calibration_images']} N(0, 1) noise images")):
+        print(f"| {label} | {100 * d[key]:.2f}% |")
+    n = r["quant_noise"]
+    print(f"\n| LeNet-5 iPQ (blocks of {n['block_size']}, {n['centroids']} codewords) | accuracy | .mzip file |")
+    print("|---|---|---|")
+    print(f"| Quant-Noise, p = 0.1 | {100 * n['accuracy_quant_noise']:.2f}% | {n['file_bytes_quant_noise']:,} B |")
+    print(f"| plain iPQ QAT (p = 1) | {100 * n['accuracy_plain_qat']:.2f}% | {n['file_bytes_plain_qat']:,} B |")
+    m = r["mixed_precision"]
+    print("\n| LeNet-5 post-training, bits a weight on average | one width for all | per-layer widths from "
+          "sensitivity |\n|---|---|---|")
+    for budget in ("2.5", "3"):
+        e = m[f"{budget}_bits"]
+        bits = ", ".join(f"{k} {v:g}" for k, v in e["bits"].items())
+        print(f"| {budget} | {e['uniform_bits']} bits: {100 * e['accuracy_uniform']:.2f}% | {bits}: "
+              f"**{100 * e['accuracy_mixed']:.2f}%** |")
+    o = r["onnx_qdq"]
+    print("\n| ONNX export of LeNet-5, ONNX Runtime on the 10,000 test images | file | argmax agreement with PyTorch |")
+    print("|---|---|---|")
+    print(f"| float | {o['float_bytes']:,} B | {100 * r['onnx_argmax_agreement']:.2f}% |")
+    print(f"| QDQ int8 | {o['qdq_bytes']:,} B | {100 * o['argmax_agreement']:.2f}% |")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from .lowrank import LowRankConfig, factorize_, low_rank
 from .models import build
 from .pipeline import Compressed, compress
 from .prune import PruneConfig, iterative_prune, obd_score, prune_
-from .quantize import QuantizeConfig, quantize_, trained_quantization
+from .quantize import (QuantizeConfig, QuantSpec, UniformConfig, prepare_qat, quantize_, quantize_weights_,
+                       trained_quantization, uniform_quantization)
 from .recipes import Recipe, load_recipe
 # profile() and sensitivity() live in modelzip.profile / modelzip.sensitivity: the modules keep their names
 from .sensitivity import allocate
@@ -29,9 +30,9 @@ __version__ = "0.1.0"
 __all__ = [
     "ChannelPruneConfig", "ChecksumError", "Compressed", "ConfigError", "DataBundle", "DataError", "DistillConfig",
     "FormatError", "GaussianMixturePrior", "LowRankConfig", "ModelError", "ModelzipError", "PruneConfig",
-    "QuantizeConfig", "Recipe", "SlimmingConfig", "SoftSharingConfig", "TrainConfig", "TruncatedError",
-    "allocate", "build", "compress", "dumps", "evaluate", "factorize_", "fit", "header", "iterative_prune",
+    "QuantSpec", "QuantizeConfig", "Recipe", "SlimmingConfig", "SoftSharingConfig", "TrainConfig", "TruncatedError",
+    "UniformConfig", "allocate", "build", "compress", "dumps", "evaluate", "factorize_", "fit", "header", "iterative_prune",
     "kd_loss", "load", "load_data", "load_recipe", "loads", "low_rank", "network_slimming", "obd_score", "predict",
-    "prune_", "prune_channels_", "quantize_", "save", "soft_weight_sharing", "strip",
-    "trained_quantization",
+    "prepare_qat", "prune_", "prune_channels_", "quantize_", "quantize_weights_", "save", "soft_weight_sharing",
+    "strip", "trained_quantization", "uniform_quantization",
 ]

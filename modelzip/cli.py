@@ -12,7 +12,7 @@ from rich.console import Console
 
 from . import io
 from .atomic import atomic_write
-from .data import load_data, split
+from .data import load_data, sample, split
 from .distill import DistillConfig, adjust_bias_, distill, search_bias_offset, without_classes
 from .errors import ConfigError, ModelzipError
 from .models import build, input_shape_of
@@ -138,6 +138,21 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import argmax_agreement, export_onnx  # onnx and onnxruntime load only when exporting
+
+    if args.calibration < 1:
+        raise ConfigError(f"--calibration needs at least 1 example, got {args.calibration}")
+    model = io.load(args.file, allow_import=args.allow_import)
+    data = load_data(args.data)
+    calibration = sample(data.train, args.calibration, seed=0) if args.qdq else None
+    written = export_onnx(model, args.out, data.input_shape, qdq=args.qdq, calibration=calibration)
+    agreement = argmax_agreement(model, args.out, data.test.tensors[0])
+    print(f"wrote {args.out}: {written:,} bytes ({'int8 QDQ' if args.qdq else 'float'}); ONNX Runtime predicts "
+          f"the class PyTorch does on {agreement:.2%} of {len(data.test):,} test examples of {data.name}")
+    return 0
+
+
 def _input_shape(model: torch.nn.Module, path: str) -> tuple[int, ...]:
     shape = input_shape_of(model)
     if shape is None:
@@ -217,6 +232,17 @@ def _parser() -> argparse.ArgumentParser:
     prof.add_argument("--json", action="store_true", help="print the profile (or comparison) as JSON")
     prof.add_argument("--allow-import", action="store_true", help="allow importing the user code the file names")
     prof.set_defaults(run=_profile)
+
+    exp = commands.add_parser("export", help="write the model of a .mzip file as ONNX (float, or int8 QDQ with "
+                              "--qdq) and check ONNX Runtime's predictions against PyTorch's on the test set")
+    exp.add_argument("file", help="the .mzip file")
+    exp.add_argument("out", help="the .onnx file to write")
+    exp.add_argument("--qdq", action="store_true", help="quantize weights and activations to int8 (QDQ format)")
+    exp.add_argument("--data", default="mnist5k", help=DATA_HELP)
+    exp.add_argument("--calibration", type=int, default=256, metavar="N",
+                     help="with --qdq: training examples that set the activation ranges")
+    exp.add_argument("--allow-import", action="store_true", help="allow importing the user code the file names")
+    exp.set_defaults(run=_export)
     return parser
 
 

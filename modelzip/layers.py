@@ -92,6 +92,11 @@ def per_target(model: nn.Module, found: list[Target], default: Mapping[str, V] |
     return values
 
 
+def literal_pattern(name: str) -> str:
+    """An fnmatch pattern matching exactly `name` (brackets quote the wildcard characters)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 def parametrization(target: Target, kind: type[nn.Module]) -> nn.Module | None:
     """The parametrization of type `kind` attached to the target's weight, if any."""
     if not parametrize.is_parametrized(target.module, target.param):

@@ -22,7 +22,7 @@ from .lowrank import low_rank
 from .models import arch_of, build
 from .profile import compare, profile
 from .prune import iterative_prune
-from .quantize import trained_quantization
+from .quantize import trained_quantization, uniform_quantization
 from .recipes import Recipe, load_recipe
 from .report import build_report
 from .soft_sharing import SoftSharing, soft_weight_sharing
@@ -49,7 +49,8 @@ def compress(model: nn.Module, data: DataBundle, recipe: Recipe | str = "deep-co
     compressed (its pruning retraining and quantization fine-tuning keep the distillation loss), and
     the report's ratio and `accuracy_before` are the teacher's. A `soft_sharing` stage retrains under
     a Gaussian-mixture prior and quantizes to its means; `Compressed.soft_sharing` then holds the
-    priors and weight vectors the pictures are drawn from. A `slimming` or `low_rank` stage changes the
+    priors and weight vectors the pictures are drawn from. A `uniform` stage leaves integer-coded layers,
+stored at their bit width. A `slimming` or `low_rank` stage changes the
     network's structure; the report's `structure` then compares parameters, FLOPs and CPU latency per
     layer of the given and the decoded network.
     """
@@ -84,6 +85,9 @@ def compress(model: nn.Module, data: DataBundle, recipe: Recipe | str = "deep-co
     if recipe.quantize is not None:
         trained_quantization(work, train, recipe.quantize, test=data.test, seed=recipe.seed, loss_fn=loss_fn)
         stages["after_quantize"] = evaluate(work, data.test)
+    if recipe.uniform is not None:
+        uniform_quantization(work, train, recipe.uniform, test=data.test, loss_fn=loss_fn)
+        stages["after_uniform"] = evaluate(work, data.test)
     strip(work)
     meta = {"data": data.name, "recipe": recipe.name, "accuracy_before": accuracy_before}
     arch = arch_of(work)  # the student's, or the model's (a deep copy keeps the record)

@@ -9,6 +9,13 @@ indices + relative sparse indices) while a small random bias simply stays raw.
     dense        codebook, value (Huffman indices)      float, <= 256 distinct bit patterns
     sparse       codebook, index (Huffman gaps), value  as dense, and contains +0.0
     sparse-raw   index (Huffman gaps), value (raw)      float containing +0.0
+    dense-packed codebook, value (bit-packed indices)       as dense
+
+dense-packed stores each index in ceil(log2 codebook_size) bits (modelzip.codec.bitpack): a binary
+weight takes 1 bit, a constant tensor 0. Huffman coding wins when the indices are peaked (the codes of
+a bell-shaped weight); it cannot go below 1 bit a symbol and pays for DEFLATE's end-of-block code,
+so a flat or tiny alphabet is cheaper packed. Integer tensors (the codes of uniformly quantized
+layers) try the same encodings as floats, so int4 codes are stored at 4 bits or fewer.
 
 Values are compared by bit pattern, never by float equality, so -0.0 and +0.0 (and NaN payloads)
 stay distinct and every round trip is bit-exact. "Zero" below always means the +0.0 pattern.
@@ -23,6 +30,7 @@ from collections.abc import Callable
 import numpy as np
 
 from modelzip.codec import huffman
+from modelzip.codec.bitpack import pack_bits, packed_size, unpack_bits
 from modelzip.codec.sparse import absolute_positions, relative_indices
 from modelzip.errors import FormatError
 
@@ -31,6 +39,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "dense": ("codebook", "value"),
     "sparse": ("codebook", "index", "value"),
     "sparse-raw": ("index", "value"),
+    "dense-packed": ("codebook", "value"),
 }
 """Section roles of each encoding; the entry records each section's size as `<role>_bytes`."""
 
@@ -59,10 +68,10 @@ def encode_tensor(array: np.ndarray) -> Candidate:
         "nonzero": int(np.count_nonzero(nonzero_rows)),
     }
     candidates = [_entry(base, "raw", [flat.tobytes()])]
-    if flat.dtype.kind == "f" and flat.size:
+    if flat.dtype.kind in "fiub" and flat.size:
         patterns = flat.view(f"<u{flat.itemsize}")  # (count,) bit patterns
         candidates += _quantized(base, patterns)
-        if _sparse_raw_may_win(base, flat.itemsize):
+        if flat.dtype.kind == "f" and _sparse_raw_may_win(base, flat.itemsize):
             candidates.append(_sparse_raw(base, flat, patterns))
     return min(candidates, key=_cost)
 
@@ -87,13 +96,14 @@ def _quantized(base: Entry, patterns: np.ndarray) -> list[Candidate]:
     fields = {"codebook_size": codebook.size, "value_bits_fixed": (codebook.size - 1).bit_length()}
     codebook_bytes = codebook.tobytes()  # the bit patterns' bytes are the values' bytes
     dense = _entry(base, "dense", [codebook_bytes, huffman.encode(inverse)], **fields)
+    packed = _entry(base, "dense-packed", [codebook_bytes, pack_bits(inverse, fields["value_bits_fixed"])], **fields)
     if codebook[0] != 0:
-        return [dense]
+        return [dense, packed]
     sparse = _best_sparse(
         base, "sparse", np.flatnonzero(inverse), fields,
         lambda gaps, at: [codebook_bytes, huffman.encode(gaps), huffman.encode(inverse[at])],
     )  # fmt: skip
-    return [dense, sparse]
+    return [dense, packed, sparse]
 
 
 def _sparse_raw_may_win(base: Entry, itemsize: int) -> bool:
@@ -182,7 +192,14 @@ def _codebook_lookup(entry: Entry, sections: dict[str, bytes], dtype: np.dtype, 
     """Decode `count` Huffman-coded codebook indices and look their values up."""
     size = _field(entry, "codebook_size", 1, MAX_CODEBOOK)
     codebook = _values(sections["codebook"], dtype, size, "codebook")  # (size,)
-    indices = huffman.decode(sections["value"], count)  # (count,) uint8
+    if entry["encoding"] == "dense-packed":
+        bits = (size - 1).bit_length()
+        if len(sections["value"]) != packed_size(count, bits):
+            raise FormatError(f"value section is {len(sections['value'])} bytes, {count} indices of {bits} bits "
+                              f"need {packed_size(count, bits)}")
+        indices = unpack_bits(sections["value"], bits, count)  # (count,) uint8
+    else:
+        indices = huffman.decode(sections["value"], count)  # (count,) uint8
     if count and int(indices.max()) >= size:
         raise FormatError(f"codebook index {int(indices.max())} out of range for a codebook of {size}")
     return codebook[indices]
@@ -211,4 +228,5 @@ _DECODERS = {
     "dense": _codebook_lookup,
     "sparse": _decode_sparse,
     "sparse-raw": _decode_sparse,
+    "dense-packed": _codebook_lookup,
 }

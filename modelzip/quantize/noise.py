@@ -38,8 +38,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import ConfigError, ModelError
-from .pq import blocks, chosen, nearest_codes, pq_decode, pq_encode, refuse_parametrized
-from .qat import FakeQuant
+from .pq import PQCodes, blocks, chosen, nearest_codes, pq_decode, pq_encode, refuse_parametrized
+from .qat import Codes, FakeQuant
 from .uniform import Observer, QuantSpec
 
 
@@ -72,6 +72,9 @@ class NearestCodeword(nn.Module):
         codes = nearest_codes(blocks(weight, size), self.codebook)
         return pq_decode(self.codebook, codes, weight.shape, size) + (weight - weight.detach())  # + exactly 0
 
+    def encode(self, weight: torch.Tensor) -> PQCodes:
+        return PQCodes(self.codebook.detach(), nearest_codes(blocks(weight, self.codebook.shape[1]), self.codebook))
+
 
 class QuantNoise(nn.Module):
     """Parametrization: a random fraction `p` of the blocks takes the value of `quantizer`, the rest stays.
@@ -95,6 +98,13 @@ class QuantNoise(nn.Module):
         if self.p == 0.0 or not (self.training and torch.is_grad_enabled()):
             return weight
         return torch.where(block_mask(weight, self.block_size, self.p), self.quantizer(weight), weight)
+
+    def encode(self, weight: torch.Tensor) -> Codes | PQCodes:
+        """The quantizer's codes: only a fully quantized layer (p = 1, `finish_quant_noise`) has them."""
+        if self.p != 1.0:
+            raise ModelError(f"a Quant-Noise layer with p = {self.p} is partly full precision; "
+                             "call finish_quant_noise before converting it to codes")
+        return self.quantizer.encode(weight)
 
 
 def prepare_quant_noise(model: nn.Module, p: float = 0.1, mode: NoiseMode | str = NoiseMode.SCALAR,

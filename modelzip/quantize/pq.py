@@ -14,6 +14,7 @@ gradients of the sub-vectors that use it (Stock et al. §3.2, as trained sharing
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -85,6 +86,13 @@ def pq_bytes(shape: Sequence[int], block_size: int, centroids: int) -> int:
     return -(-(centroids * block_size * 32 + n_blocks * code_bits(centroids)) // 8)
 
 
+class PQCodes(NamedTuple):
+    """A weight as product-quantization codes: sub-vector j of row i is codebook[codes[i, j]]."""
+
+    codebook: torch.Tensor  # (k, block_size)
+    codes: torch.Tensor  # (out, cols / block_size), int64
+
+
 class PQWeights(nn.Module):
     """Parametrization: weight = codebook[codes] by sub-vectors, the codebook a Parameter, the codes fixed."""
 
@@ -95,6 +103,9 @@ class PQWeights(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return pq_decode(self.codebook, self.codes, weight.shape, self.codebook.shape[1])
+
+    def encode(self, weight: torch.Tensor) -> PQCodes:
+        return PQCodes(self.codebook.detach(), self.codes)
 
 
 def chosen(model: nn.Module, layers: Sequence[str] | None) -> list[Target]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import Enum
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -22,8 +23,8 @@ from torch.nn.utils import parametrize
 from ..errors import ConfigError
 from ..layers import per_target, targets
 from .pq import refuse_parametrized
-from .uniform import (Observer, QuantSpec, along, dequantize, fake_quantize, flatten_channels, observer, qparams,
-                      qrange, quantize)
+from .uniform import (Observer, QuantSpec, along, dequantize, fake_quantize, flatten_channels, granular, observer,
+                      qparams, qrange, quantize)
 
 
 class QATMethod(str, Enum):
@@ -50,6 +51,19 @@ def fake_quantize_ste(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
     return straight_through(x, fake_quantize(x.detach(), scale, zero_point, spec), (codes >= qmin) & (codes <= qmax))
 
 
+class Codes(NamedTuple):
+    """A weight as integer codes: value = (codes - zero_point) * scale, per channel along axis 0 or per tensor."""
+
+    codes: torch.Tensor  # int32, the weight's shape
+    scale: torch.Tensor  # () or (C,)
+    zero_point: torch.Tensor  # int32, the shape of scale
+    bits: int  # the code width: 1 for binary, 2 for ternary
+
+
+def _no_zero(scale: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(scale.shape, dtype=torch.int32, device=scale.device)
+
+
 class FakeQuant(nn.Module):
     """Parametrization: uniform fake quantization on the range the observer finds in the current weight.
 
@@ -65,6 +79,12 @@ class FakeQuant(nn.Module):
         lo, hi = self.observe(weight.detach(), self.spec)
         scale, zero_point = qparams(weight.detach(), self.spec, lo=lo, hi=hi)
         return fake_quantize_ste(weight, scale, zero_point, self.spec)
+
+    def encode(self, weight: torch.Tensor) -> Codes:
+        """The codes whose dequantized value is this forward's value, bit for bit."""
+        lo, hi = self.observe(weight, self.spec)
+        scale, zero_point = qparams(weight, self.spec, lo=lo, hi=hi)
+        return Codes(quantize(weight, scale, zero_point, self.spec), scale, zero_point, self.spec.bits)
 
 
 class LSQ(nn.Module):
@@ -88,11 +108,18 @@ class LSQ(nn.Module):
         self.step = nn.Parameter(step if spec.per_channel else step.reshape(()))
         self.grad_scale = 1 / (rows.shape[1] * qmax) ** 0.5
 
+    def _step(self) -> torch.Tensor:
+        # a step pushed to <= 0 would divide by zero; the smallest normal float keeps codes finite
+        return self.step.clamp_min(torch.finfo(self.step.dtype).tiny)
+
+    def encode(self, weight: torch.Tensor) -> Codes:
+        step = self._step().detach()
+        return Codes(quantize(weight, step, _no_zero(step), self.spec), step, _no_zero(step), self.spec.bits)
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         qmin, qmax = qrange(self.spec)
-        # a step pushed to <= 0 would divide by zero; the smallest normal float keeps codes finite
-        step = self.step.clamp_min(torch.finfo(self.step.dtype).tiny)
-        zero = torch.zeros(step.shape, dtype=torch.int32, device=step.device)
+        step = self._step()
+        zero = _no_zero(step)
         q = quantize(weight.detach(), step.detach(), zero, self.spec)
         ratio = weight.detach() / along(step.detach(), weight, self.spec)
         inside = (ratio >= qmin) & (ratio <= qmax)
@@ -126,6 +153,11 @@ class BinaryWeights(nn.Module):
         alpha = _nonzero_mean_abs(w, w != 0, self.spec)
         return straight_through(weight, along(alpha, w, self.spec) * torch.sign(w), w.abs() <= 1)
 
+    def encode(self, weight: torch.Tensor) -> Codes:
+        """Codes sign(w) in {-1, +1} (0 where pruned) with scale alpha: 1 bit a weight."""
+        alpha = granular(_nonzero_mean_abs(weight, weight != 0, self.spec), self.spec)
+        return Codes(torch.sign(weight).to(torch.int32), alpha, _no_zero(alpha), 1)
+
 
 class TernaryWeights(nn.Module):
     """Parametrization: Ternary Weight Networks (Li & Liu 2016), w' in {-alpha, 0, +alpha}.
@@ -146,6 +178,13 @@ class TernaryWeights(nn.Module):
         large = w.abs() > delta
         alpha = along(_nonzero_mean_abs(w, large, self.spec), w, self.spec)
         return straight_through(weight, alpha * torch.sign(w) * large, torch.ones_like(large))
+
+    def encode(self, weight: torch.Tensor) -> Codes:
+        """Codes in {-1, 0, +1} with scale alpha: 2 bits a weight (less once entropy-coded)."""
+        delta = along(0.7 * _nonzero_mean_abs(weight, weight != 0, self.spec), weight, self.spec)
+        large = weight.abs() > delta
+        alpha = granular(_nonzero_mean_abs(weight, large, self.spec), self.spec)
+        return Codes((torch.sign(weight) * large).to(torch.int32), alpha, _no_zero(alpha), 2)
 
 
 def prepare_qat(model: nn.Module, spec: QuantSpec | Mapping[str, QuantSpec] = QuantSpec(), *,

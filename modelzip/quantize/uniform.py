@@ -136,7 +136,8 @@ class Observer(str, Enum):
     MSE = "mse"  # the clipping that minimises the rounding + clipping error
 
 
-def _per(t: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+def granular(t: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+    """A per-row statistic as the spec's granularity: (C,) per channel, 0-d per tensor."""
     return t if spec.per_channel else t.reshape(())
 
 
@@ -144,7 +145,7 @@ def minmax_range(x: torch.Tensor, spec: QuantSpec) -> Range:
     """(min, max) of `x`, per tensor or per channel."""
     check_finite(x, "input")
     rows = flatten_channels(x, spec)
-    return _per(rows.amin(1), spec), _per(rows.amax(1), spec)
+    return granular(rows.amin(1), spec), granular(rows.amax(1), spec)
 
 
 def percentile_range(x: torch.Tensor, spec: QuantSpec, percentile: float = 99.99) -> Range:
@@ -160,9 +161,9 @@ def percentile_range(x: torch.Tensor, spec: QuantSpec, percentile: float = 99.99
     p = percentile / 100
     if spec.symmetric:
         a = torch.quantile(rows.abs(), p, dim=1).to(x.dtype)
-        return _per(-a, spec), _per(a, spec)
+        return granular(-a, spec), granular(a, spec)
     lo, hi = torch.quantile(rows, torch.tensor([1 - p, p], device=x.device), dim=1).to(x.dtype)
-    return _per(lo, spec), _per(hi, spec)
+    return granular(lo, spec), granular(hi, spec)
 
 
 def mse_range(x: torch.Tensor, spec: QuantSpec, grid: int = 100) -> Range:
@@ -181,7 +182,7 @@ def mse_range(x: torch.Tensor, spec: QuantSpec, grid: int = 100) -> Range:
         cand_lo, cand_hi = lo * (k / grid), hi * (k / grid)
         scale, zero_point = qparams(x, spec, lo=cand_lo, hi=cand_hi)
         q = _quantize(x, scale, zero_point, spec)
-        err = _per(flatten_channels(dequantize(q, scale, zero_point, spec) - x, spec).square().mean(1), spec)
+        err = granular(flatten_channels(dequantize(q, scale, zero_point, spec) - x, spec).square().mean(1), spec)
         better = err < best_err
         best_lo, best_hi = torch.where(better, cand_lo, best_lo), torch.where(better, cand_hi, best_hi)
         best_err = torch.where(better, err, best_err)

@@ -20,7 +20,7 @@ from ..distill import DistillConfig
 from ..errors import ConfigError
 from ..lowrank import LowRankConfig
 from ..prune import PruneConfig
-from ..quantize import QuantizeConfig
+from ..quantize import QuantizeConfig, UniformConfig
 from ..soft_sharing import SoftSharingConfig
 from ..structured import SlimmingConfig
 from ..train import TrainConfig
@@ -47,13 +47,15 @@ class Recipe:
     low_rank: LowRankConfig | None = None  # layers replaced by products of thin ones
     prune: PruneConfig | None = None
     soft_sharing: SoftSharingConfig | None = None  # retrain under a mixture prior, quantize to its means
-    quantize: QuantizeConfig | None = None
+    quantize: QuantizeConfig | None = None  # k-means weight sharing (Deep Compression)
+    uniform: UniformConfig | None = None  # uniform integer codes (int8, int4, binary, ...): post-training or QAT
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.soft_sharing is not None and self.quantize is not None:
-            raise ConfigError("a recipe takes soft_sharing or quantize, not both: soft weight-sharing quantizes "
-                              "the weights to its mixture's means itself")
+        chosen = [k for k in ("soft_sharing", "quantize", "uniform") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ConfigError(f"a recipe takes one of soft_sharing, quantize and uniform, got {' and '.join(chosen)}: "
+                              "each quantizes the weights its own way")
 
 
 def built_in() -> list[str]:

@@ -12,16 +12,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from rich.table import Table
 from torch import nn
+from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, ModelError
-from ..layers import independent_copy, targets
+from ..layers import Target, independent_copy, literal_pattern, targets
 from ..lowrank import factorize_
 from ..models import input_shape_of
 from ..prune import prune_
 from ..quantize import quantize_
+from ..quantize.pq import refuse_parametrized
+from ..quantize.uniform import QuantSpec, fake_quantize, qparams
 from ..registry import Registry
 from ..structured import ChannelPruneConfig, prune_channels_
 
@@ -33,7 +37,7 @@ Apply = Callable[[nn.Module, str, float], None]  # compress layer `name` of a mo
 class Sensitivity:
     """Score of the model with one layer compressed: `curves[layer][value]`, against the untouched `baseline`."""
 
-    kind: str  # what the values are: "sparsity", "bits", "rank-ratio", "channels"
+    kind: str  # what the values are: "sparsity", "bits", "uniform-bits", "rank-ratio", "channels"
     baseline: float
     curves: dict[str, dict[float, float]]
 
@@ -112,9 +116,25 @@ def prune_layer(model: nn.Module, layer: str, sparsity: float) -> None:
 @APPLIERS.register("bits")
 def quantize_layer(model: nn.Module, layer: str, bits: float) -> None:
     """k-means weight sharing of only `layer` with 2**bits codes (`quantize_`, linear init, no fine-tuning)."""
-    if not math.isfinite(bits) or bits != int(bits):
-        raise ConfigError(f"bits for layer {layer!r} must be a whole number, got {bits}")
-    quantize_(_single_layer(model, layer), int(bits))
+    quantize_(_single_layer(model, layer), _whole_bits(layer, bits))
+
+
+@APPLIERS.register("uniform-bits")
+def uniform_quantize_layer(model: nn.Module, layer: str, bits: float) -> None:
+    """Round only `layer`'s weights onto a per-output-channel symmetric uniform grid of `bits` (2..8), in place.
+
+    The ranges are each channel's min/max (no data needed, nothing clipped), so a row holds at most
+    2**bits - 1 distinct values. The weights stay plain Parameters, now on the grid: what an integer
+    kernel would compute. A pruned weight keeps its Mask: zero is a code, so its zeros stay zeros.
+    """
+    module = _single_layer(model, layer)
+    spec = QuantSpec(_whole_bits(layer, bits), symmetric=True, per_channel=True)
+    with torch.no_grad():
+        for t in targets(module):
+            refuse_parametrized(Target(layer, t.module, t.param, t.kind), "uniform quantization", pruned_ok=True)
+            stored = (module.parametrizations[t.param].original if parametrize.is_parametrized(module, t.param)
+                      else getattr(module, t.param))
+            stored.copy_(fake_quantize(t.weight, *qparams(t.weight, spec), spec))
 
 
 @APPLIERS.register("rank-ratio")
@@ -122,7 +142,7 @@ def factorize_layer(model: nn.Module, layer: str, ratio: float) -> None:
     """Low-rank factorization of only `layer`, keeping `ratio` of its weights (ratio 1: left as it is)."""
     _single_layer(model, layer)
     if ratio < 1:
-        factorize_(model, layers={_literal(layer): ratio})
+        factorize_(model, layers={literal_pattern(layer): ratio})
 
 
 @APPLIERS.register("channels")
@@ -137,12 +157,13 @@ def slim_layer(model: nn.Module, layer: str, amount: float) -> None:
         raise ConfigError("channel sensitivity needs the model's input shape: build it with modelzip.build")
     if amount > 0:
         prune_channels_(model, shape, ChannelPruneConfig("l1", amount=0.0, scope="layer",
-                                                                layers={_literal(layer): amount}))
+                                                                layers={literal_pattern(layer): amount}))
 
 
-def _literal(name: str) -> str:
-    """An fnmatch pattern matching exactly `name` (brackets quote the wildcard characters)."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+def _whole_bits(layer: str, bits: float) -> int:
+    if not math.isfinite(bits) or bits != int(bits):
+        raise ConfigError(f"bits for layer {layer!r} must be a whole number, got {bits}")
+    return int(bits)
 
 
 def _single_layer(model: nn.Module, layer: str) -> nn.Module:

@@ -87,7 +87,16 @@ def test_golden_bytes():
     assert meta == {"model": "tiny"}
     assert_identical(tensors, tiny())
     encodings = [entry["encoding"] for entry in read_header(golden)["tensors"].values()]
-    assert sorted(encodings) == ["dense", "raw", "sparse"]
+    assert sorted(encodings) == ["dense-packed", "raw", "sparse"]
+
+
+def test_files_from_before_dense_packed_still_load():
+    """The writer once stored `emb` Huffman-coded ("dense"); such files must decode the same forever."""
+    old = (GOLDEN.parent / "tiny-huffman-dense.mzip").read_bytes()
+    assert sorted(e["encoding"] for e in read_header(old)["tensors"].values()) == ["dense", "raw", "sparse"]
+    meta, tensors = loads(old)
+    assert meta == {"model": "tiny"}
+    assert_identical(tensors, tiny())
 
 
 def test_read_header_from_path_reads_only_the_header(tmp_path):

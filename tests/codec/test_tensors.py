@@ -17,7 +17,12 @@ KEYS = {
     | {"codebook_size", "value_bits_fixed", "index_bits", "entries", "fillers"}
     | {"codebook_bytes", "index_bytes", "value_bytes"},
     "sparse-raw": COMMON | {"index_bits", "entries", "fillers", "index_bytes", "value_bytes"},
+    "dense-packed": COMMON | {"codebook_size", "value_bits_fixed", "codebook_bytes", "value_bytes"},
 }
+
+
+BELL = np.exp(-0.5 * ((np.arange(16) - 7.5) / 2.5) ** 2)
+BELL /= BELL.sum()
 
 
 def round_trip(array: np.ndarray) -> dict:
@@ -36,9 +41,10 @@ def examples(make_pruned) -> dict[str, np.ndarray]:
     pruned[rng.random(pruned.shape) < 0.95] = 0
     return {
         "raw": rng.normal(size=(50, 40)).astype(np.float32),
-        "dense": rng.choice(np.linspace(-1, 1, 16, dtype=np.float32), size=(100, 100)),
+        "dense": rng.choice(np.linspace(-1, 1, 16, dtype=np.float32), size=(100, 100), p=BELL),  # peaked: Huffman
         "sparse": make_pruned(rng, (300, 200), 0.1),
         "sparse-raw": pruned,
+        "dense-packed": rng.choice([-0.5, 0.5], size=(64, 50)).astype(np.float32),  # binary: Huffman needs 1.5 bits
     }
 
 
@@ -142,7 +148,7 @@ def test_invalid_sections(examples):
 
 
 def test_codebook_index_out_of_range():
-    array = np.repeat(np.array([1.0, 2.0, 3.0], dtype=np.float32), 20)
+    array = np.repeat(np.array([1.0, 2.0, 3.0], dtype=np.float32), [200, 10, 10])  # peaked: Huffman-coded
     entry, (codebook, values) = encode_tensor(array)
     assert entry["encoding"] == "dense"
     entry = {**entry, "codebook_size": 2, "codebook_bytes": 8}
@@ -161,3 +167,35 @@ def test_raw_size_mismatch():
     entry, sections = encode_tensor(np.arange(5, dtype=np.int32))
     with pytest.raises(FormatError, match="raw section is 16 bytes, 5 int32 values need 20"):
         decode_tensor({**entry, "raw_bytes": 16}, [sections[0][:16]])
+
+
+@pytest.mark.parametrize(("low", "high", "bits"), [(-7, 7, 4), (-1, 0, 1), (-127, 127, 8), (100, 103, 2)])
+def test_flat_integer_codes_take_their_bit_width(low, high, bits):
+    codes = np.random.default_rng(1).integers(low, high + 1, size=4000).astype(np.int16)
+    entry = round_trip(codes)
+    assert (entry["encoding"], entry["value_bits_fixed"]) == ("dense-packed", bits)
+    assert entry["value_bytes"] == -(-4000 * bits // 8)
+
+
+def test_constant_tensor_takes_no_value_bytes():
+    entry = round_trip(np.full(1000, 3, dtype=np.int32))
+    assert (entry["encoding"], entry["value_bytes"], entry["codebook_bytes"]) == ("dense-packed", 0, 4)
+
+
+def test_peaked_integer_codes_are_huffman_coded():
+    """Codes of a bell-shaped weight at 4 bits: Huffman beats the fixed 4 bits; pruned ones go sparse."""
+    rng = np.random.default_rng(2)
+    codes = np.clip(np.round(rng.normal(0, 1.5, 20000)), -7, 7).astype(np.int8)
+    entry = round_trip(codes)
+    assert entry["encoding"] == "dense" and entry["value_bytes"] < 0.75 * 20000 * 4 / 8  # 6,786 bytes: ~2.7 bits
+    codes[rng.random(codes.size) < 0.9] = 0
+    assert round_trip(codes)["encoding"] == "sparse"
+
+
+def test_packed_indices_beyond_the_codebook():
+    entry, (codebook, values) = encode_tensor(np.arange(1, 4, dtype=np.int8).repeat(1000))
+    assert (entry["encoding"], entry["value_bits_fixed"]) == ("dense-packed", 2)
+    with pytest.raises(FormatError, match="codebook index 3 out of range for a codebook of 3"):
+        decode_tensor(entry, [codebook, b"\xff" + values[1:]])  # 2-bit index 3: a 4th codeword
+    with pytest.raises(FormatError, match="value section is 749 bytes, 3000 indices of 2 bits need 750"):
+        decode_tensor({**entry, "value_bytes": 749}, [codebook, values[:749]])

@@ -1,0 +1,175 @@
+"""Quantization on the full MNIST: real bytes and real speed, side by side in one run.
+
+    .venv/bin/python benchmarks/quantization.py [--data mnist:../shared/data/mnist] [--only SECTION ...]
+
+Sections (each adds its keys to benchmarks/results/quantization.json; run them in parallel with --only,
+and `latency` alone, after `weights`, on a quiet machine):
+- weights: LeNet-5 (float accuracy_before) stored with int8 and int4 codes after training (post-training,
+  per-channel symmetric min-max), with binary codes (BinaryConnect/XNOR scale, trained) and with int4
+  codes from quantization-aware training. Keys int8, int4, binary, qat_int4, each with file_ratio
+  (float .mzip bytes / coded .mzip bytes), accuracy_before, accuracy_after (the model decoded from the
+  file) and accuracy_int8_execution (weights and activations int8, activations calibrated on 1,000
+  training images).
+- latency: latency_ratio_b1 / _b64 of each (float PyTorch forward time / the int8 execution path's, all
+  interleaved in one run; int4 and binary codes run in int8 kernels, as no CPU kernel takes fewer bits).
+- data_free: a batch-norm CNN (the VGG-BN of the structured benchmark) run in int8 with activation ranges
+  calibrated on 512 real training images or on 512 images synthesized from its batch-norm statistics:
+  data_free_int8 {accuracy_float, accuracy_real_calibration, accuracy_data_free, accuracy_noise_calibration}.
+- quant_noise: LeNet-5 product-quantized (iPQ: blocks of 5, 256 codewords, 1.6 bits a weight) and
+  fine-tuned with Quant-Noise (p = 0.1) or with plain iPQ QAT (p = 1), same size:
+  quant_noise {accuracy_quant_noise, accuracy_plain_qat, file bytes of each}.
+- onnx: LeNet-5 exported to ONNX (float, and QDQ int8 calibrated on 1,000 training images); ONNX Runtime's
+  predictions on the 10,000 test images against PyTorch's: onnx_argmax_agreement (float), onnx_qdq.
+- mixed: LeNet-5 post-training at 2.5 and 3 bits per weight on average: per-layer widths from the
+  sensitivity analysis (on 5,000 training images) against the widest single width within the budget.
+Trained networks are cached in benchmarks/results/files/.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import modelzip
+from modelzip.data import sample
+from modelzip.export import argmax_agreement, export_onnx
+from modelzip.profile import compare_latency
+from modelzip.quantize import (QuantSpec, bit_specs, finish_quant_noise, int8_model, mixed_precision, prepare_qat,
+                               prepare_quant_noise, quantize_weights_, synthesize)
+from modelzip.structured import scale_penalty
+from modelzip.train import TrainConfig, evaluate, fit
+from sections import Section, run
+from structured import TRAIN, cached, lenet
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "quantization.json"
+CACHE = HERE / "results" / "files" / "quantization"
+CODED = ("int8", "int4", "binary", "qat_int4")
+QAT = TrainConfig(epochs=2, batch_size=128, lr=1e-4)  # fine-tuning through the quantizer, from the trained net
+BINARY = TrainConfig(epochs=4, batch_size=128, lr=1e-3)  # 1 bit is far from the float net: train longer
+SECTIONS: dict[str, Section] = {}
+
+
+def section(fn: Section) -> Section:
+    SECTIONS[fn.__name__] = fn
+    return fn
+
+
+def decoded(model: nn.Module) -> tuple[nn.Module, int]:
+    """The model as a user loads it from its .mzip bytes, and the number of bytes."""
+    data = modelzip.dumps(model)
+    return modelzip.loads(data), len(data)
+
+
+@section
+def weights(data: modelzip.DataBundle) -> dict:
+    float_model = lenet("lenet-5", data)
+    float_bytes = len(modelzip.dumps(float_model))
+    before = evaluate(float_model, data.test)
+    calibration = sample(data.train, 1000, seed=0).tensors[0]
+    coded: dict[str, nn.Module] = {}
+    for name, spec in (("int8", QuantSpec(8, per_channel=True)), ("int4", QuantSpec(4, per_channel=True))):
+        coded[name] = copy.deepcopy(float_model)
+        quantize_weights_(coded[name], spec)
+    for name, method, spec, train in (("binary", "binary", QuantSpec(per_channel=True), BINARY),
+                                      ("qat_int4", "uniform", QuantSpec(4, per_channel=True), QAT)):
+        model = copy.deepcopy(float_model)
+        prepare_qat(model, spec, method=method)
+        fit(model, data.train, train, desc=name)
+        quantize_weights_(model)
+        coded[name] = model
+    results = {}
+    for name, model in coded.items():
+        size = modelzip.save(model, CACHE / f"lenet-5-{name}.mzip")
+        loaded = modelzip.load(CACHE / f"lenet-5-{name}.mzip")
+        results[name] = {"file_ratio": float_bytes / size, "file_bytes": size, "float_file_bytes": float_bytes,
+                         "accuracy_before": before, "accuracy_after": evaluate(loaded, data.test),
+                         "accuracy_int8_execution": evaluate(int8_model(loaded, calibration), data.test)}
+    return results
+
+
+@section
+def latency(data: modelzip.DataBundle) -> dict:
+    """CPU forward time of the float LeNet-5 / each coded one's int8 execution, interleaved in one run.
+
+    Run it alone, after `weights`: timings taken while other sections train are noise.
+    """
+    results = json.loads(RESULTS.read_text())
+    calibration = sample(data.train, 1000, seed=0).tensors[0]
+    runners = {"float": lenet("lenet-5", data).eval()}
+    for name in CODED:
+        runners[name] = int8_model(modelzip.load(CACHE / f"lenet-5-{name}.mzip"), calibration)
+    for batch, rounds in ((1, 400), (64, 60)):
+        times = compare_latency(runners, torch.randn(batch, *data.input_shape), rounds=rounds)
+        for name in CODED:
+            results[name][f"latency_ratio_b{batch}"] = times["float"] / times[name]
+    return {name: results[name] for name in CODED}
+
+
+@section
+def data_free(data: modelzip.DataBundle) -> dict:
+    penalty = 3e-3  # the slimming benchmark's network: reuse its cached training
+    model = cached(f"vgg-bn-l1-{penalty}", "vgg-bn", data, lambda m: fit(
+        m, data.train, TRAIN, loss_fn=scale_penalty(m, penalty), desc="vgg-bn sparsity")).eval()
+    real = sample(data.train, 512, seed=0).tensors[0]
+    synthetic = synthesize(model, data.input_shape, 512, steps=300, seed=0)
+    noise = torch.randn(512, *data.input_shape, generator=torch.Generator().manual_seed(0))
+    return {"data_free_int8": {
+        "accuracy_float": evaluate(model, data.test),
+        "accuracy_real_calibration": evaluate(int8_model(model, real), data.test),
+        "accuracy_data_free": evaluate(int8_model(model, synthetic), data.test),
+        "accuracy_noise_calibration": evaluate(int8_model(model, noise), data.test),
+        "calibration_images": 512, "synthesis_steps": 300}}
+
+
+@section
+def quant_noise(data: modelzip.DataBundle) -> dict:
+    float_model = lenet("lenet-5", data)
+    out = {"accuracy_float": evaluate(float_model, data.test), "block_size": 5, "centroids": 256}
+    for key, p in (("quant_noise", 0.1), ("plain_qat", 1.0)):
+        model = copy.deepcopy(float_model)
+        prepare_quant_noise(model, p, "pq", block_size=5, centroids=256, layers=["conv2", "fc1"])
+        fit(model, data.train, TrainConfig(epochs=2, lr=3e-4), desc=key)
+        finish_quant_noise(model)
+        quantize_weights_(model, QuantSpec(8, per_channel=True))  # conv1 and fc2 (13% of the weights): int8
+        loaded, size = decoded(model)
+        out[f"accuracy_{key}"], out[f"file_bytes_{key}"] = evaluate(loaded, data.test), size
+    return {"quant_noise": out}
+
+
+@section
+def onnx(data: modelzip.DataBundle) -> dict:
+    model = lenet("lenet-5", data)
+    calibration = sample(data.train, 1000, seed=0).tensors[0]
+    images = data.test.tensors[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        path, qdq = Path(tmp) / "lenet-5.onnx", Path(tmp) / "lenet-5-qdq.onnx"
+        float_bytes = export_onnx(model, path)
+        qdq_bytes = export_onnx(model, qdq, qdq=True, calibration=calibration)
+        return {"onnx_argmax_agreement": argmax_agreement(model, path, images),
+                "onnx_qdq": {"argmax_agreement": argmax_agreement(model, qdq, images),
+                             "float_bytes": float_bytes, "qdq_bytes": qdq_bytes}}
+
+
+@section
+def mixed(data: modelzip.DataBundle) -> dict:
+    model = lenet("lenet-5", data)
+    held_out = sample(data.train, 5000, seed=1)
+    out = {"accuracy_float": evaluate(model, data.test)}
+    for budget in (2.5, 3.0):
+        chosen = mixed_precision(model, lambda m: evaluate(m, held_out), budget)
+        entry = {"bits": chosen.values, "uniform_bits": int(budget)}  # the widest single width within the budget
+        for key, layers in (("accuracy_mixed", bit_specs(chosen)), ("accuracy_uniform", None)):
+            coded = copy.deepcopy(model)
+            quantize_weights_(coded, QuantSpec(int(budget), per_channel=True), layers=layers)
+            entry[key] = evaluate(coded, data.test)
+        out[f"{budget:g}_bits"] = entry
+    return {"mixed_precision": out}
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(__doc__, SECTIONS, RESULTS))

@@ -1,0 +1,26 @@
+"""Dense bit packing of small unsigned integers: n values of b bits (0..8) take ceil(n * b / 8) bytes.
+
+Layout (little-endian at both levels, like numpy's `bitorder="little"`): value i occupies bits
+i*b ... i*b + b - 1 of the stream, least significant bit first, and stream bit k is bit k % 8 of
+byte k // 8. At 4 bits two values share a byte, the first in the low nibble: [1, 2] -> 0x21.
+"""
+import numpy as np
+
+
+def packed_size(count: int, bits: int) -> int:
+    """Bytes that `count` values of `bits` bits take: ceil(count * bits / 8)."""
+    return -(-count * bits // 8)
+
+
+def pack_bits(values: np.ndarray, bits: int) -> bytes:
+    """The values (each in [0, 2^bits), checked by the caller) packed `bits` bits apiece."""
+    stream = np.unpackbits(values.reshape(-1).astype(np.uint8)[:, None], axis=1, bitorder="little")[:, :bits]
+    return np.packbits(stream.reshape(-1), bitorder="little").tobytes()
+
+
+def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
+    """The `count` values `pack_bits` packed into `data` (which must be `packed_size` bytes), as uint8."""
+    stream = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count * bits, bitorder="little")
+    padded = np.zeros((count, 8), dtype=np.uint8)  # (n, 8): each value's bits, zero above bit b - 1
+    padded[:, :bits] = stream.reshape(count, bits)
+    return np.packbits(padded, axis=1, bitorder="little").reshape(count)

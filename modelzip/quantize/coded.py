@@ -1,0 +1,227 @@
+"""Layers whose weights are integer codes: what a quantized model is, in memory and in the .mzip file.
+
+Fake quantization (QAT, Quant-Noise, a post-training pass) leaves float weights that happen to lie on a
+grid; stored as floats they keep their size ("simulated quantization only"). `quantize_weights_` turns
+each quantized layer into a coded one that holds only the codes and what decodes them, as buffers:
+
+    uniform (int8/int4/binary/ternary)   codes (int8 or uint8), scale and zero point per channel or tensor
+    product quantization (iPQ)           codes (uint8/int16, one per sub-vector) and the codebook (k, block)
+
+so the state_dict, and therefore the .mzip file, holds the codes at their width (the codec bit-packs or
+Huffman-codes integer tensors). The forward pass decodes the weight, bit for bit the value the model was
+trained and evaluated with, and calls the float layer: a coded layer is an nn.Linear / nn.Conv2d with a
+computed `weight`, so everything that reads layer attributes (profiling, export, int8 execution) works.
+A "quantize" structural edit lets `modelzip.load` rebuild the coded layers.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..errors import ConfigError, ModelError
+from ..layers import Target, per_target, plain_type, targets
+from ..models.edits import EDITS, Edit, record_edit, replace_module, swap_layer
+from ..prune import Mask
+from .pq import PQCodes, pq_decode
+from .qat import Codes
+from .uniform import Observer, QuantSpec, observer, qparams, quantize
+
+
+class CodedLayer(nn.Module):
+    """Mixin for an nn.Linear / nn.Conv2d subclass whose `weight` parameter is replaced by code buffers.
+
+    The float layer's __init__ runs first and creates its weight (while the code buffers do not exist yet
+    the `weight` property raises AttributeError, and nn.Module's __getattr__ finds the parameter); the
+    parameter is then dropped, so neither the state_dict nor the optimizer sees it.
+    """
+
+    modelzip_weights: tuple[str, ...] = ()  # the codes are final: nothing left for other methods to compress
+
+    def __init__(self, *args: Any, device: Any = None, dtype: torch.dtype | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, device=device, dtype=dtype, **kwargs)
+        self.weight_shape = tuple(self._parameters.pop("weight").shape)
+
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        device = self.bias.device if self.bias is not None else None
+        self.register_buffer(name, torch.zeros(shape, dtype=dtype, device=device))
+
+
+class UniformCoded(CodedLayer):
+    """Uniform codes: weight = (codes - zero_point) * scale, per output channel or per tensor."""
+
+    def __init__(self, *args: Any, bits: int = 8, per_channel: bool = True, signed: bool = True,
+                 dtype: torch.dtype | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, dtype=dtype, **kwargs)
+        if not 1 <= bits <= 8:
+            raise ConfigError(f"uniform codes take 1..8 bits, got {bits!r}")
+        self.bits, self.per_channel = bits, per_channel
+        channels = (self.weight_shape[0],) if per_channel else ()
+        self._buffer("codes", self.weight_shape, torch.int8 if signed else torch.uint8)
+        self._buffer("scale", channels, dtype or torch.get_default_dtype())
+        self._buffer("zero_point", channels, torch.int32)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        shape = (-1,) + (1,) * (len(self.weight_shape) - 1)  # broadcast along the output channels
+        if not self.per_channel:
+            shape = ()
+        return (self.codes.to(torch.int32) - self.zero_point.reshape(shape)).to(self.scale.dtype) \
+            * self.scale.reshape(shape)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, bits={self.bits}, per_channel={self.per_channel}"
+
+
+class PQCoded(CodedLayer):
+    """Product-quantization codes: each `block_size` sub-vector of a row is one of `centroids` codewords."""
+
+    def __init__(self, *args: Any, block_size: int = 8, centroids: int = 256, dtype: torch.dtype | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, dtype=dtype, **kwargs)
+        cols = self.weight_shape[0] and int(torch.Size(self.weight_shape).numel() // self.weight_shape[0])
+        if block_size < 1 or cols % block_size or not 1 <= centroids <= 2 ** 15:
+            raise ConfigError(f"product quantization of a {list(self.weight_shape)} weight needs a block size "
+                              f"dividing {cols} and 1..32768 codewords, got {block_size} and {centroids}")
+        self.block_size = block_size
+        self._buffer("codes", (self.weight_shape[0], cols // block_size), torch.uint8 if centroids <= 256
+                     else torch.int16)
+        self._buffer("codebook", (centroids, block_size), dtype or torch.get_default_dtype())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return pq_decode(self.codebook, self.codes.long(), self.weight_shape, self.block_size)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, block_size={self.block_size}, centroids={self.codebook.shape[0]}"
+
+
+class QuantizedLinear(UniformCoded, nn.Linear):
+    """nn.Linear with uniform integer weight codes."""
+
+
+class QuantizedConv2d(UniformCoded, nn.Conv2d):
+    """nn.Conv2d with uniform integer weight codes."""
+
+
+class PQLinear(PQCoded, nn.Linear):
+    """nn.Linear with product-quantized weights."""
+
+
+class PQConv2d(PQCoded, nn.Conv2d):
+    """nn.Conv2d with product-quantized weights."""
+
+
+CODED = {("uniform", nn.Linear): QuantizedLinear, ("uniform", nn.Conv2d): QuantizedConv2d,
+         ("pq", nn.Linear): PQLinear, ("pq", nn.Conv2d): PQConv2d}
+
+
+def quantize_weights_(model: nn.Module, spec: QuantSpec | Mapping[str, QuantSpec] = QuantSpec(per_channel=True), *,
+                      layers: Mapping[str, QuantSpec] | None = None, observe: Observer | str = Observer.MINMAX,
+                      ) -> dict[str, str]:
+    """Replace every nn.Linear / nn.Conv2d of `model` by its coded layer, in place; returns what each became.
+
+    A layer trained with a quantizer (`prepare_qat`, `prepare_quant_noise` after `finish_quant_noise`,
+    `pq_quantize_`) keeps exactly its quantizer's codes and the model computes what it computed. Any other
+    layer (plain or pruned) is quantized after training: `spec` (one, or one per kind) with the range of
+    `observe`, `layers` overriding by name pattern. Per-channel specs must use axis 0 (output channels).
+    """
+    found = [t for t in targets(model) if plain_type(t.module) in (nn.Linear, nn.Conv2d)]
+    if not found:
+        raise ModelError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer to quantize")
+    wanted = per_target(model, found, spec, layers)
+    encoded = [(t, _encode(t, wanted[t], observer(observe))) for t in found]  # all checked before any change
+    done = {}
+    for t, codes in encoded:
+        new = _coded_layer(t.module, codes)
+        replace_module(model, t.name, new.train(t.module.training))
+        edit = {"op": "quantize", "module": t.name, **_layout(new)}
+        record_edit(model, edit)
+        done[t.name] = f"pq {len(codes.codebook)}x{codes.codebook.shape[1]}" if isinstance(codes, PQCodes) \
+            else f"{codes.bits}-bit"
+    return done
+
+
+def _encode(t: Target, spec: QuantSpec, observe: Any) -> Codes | PQCodes:
+    """The codes of the weight the layer computes with: from its quantizer if it has one, else by `spec`."""
+    if spec.per_channel and spec.axis != 0:
+        raise ConfigError(f"layer {t.name!r}: coded weights are per output channel (axis 0), got axis {spec.axis}")
+    weight = t.weight.detach()
+    if not torch.isfinite(weight).all():
+        raise ModelError(f"layer {t.name!r} has NaN or infinite weights; refusing to quantize a broken layer")
+    if not parametrize.is_parametrized(t.module, t.param):
+        return _post_training(weight, spec, observe)
+    chain = t.module.parametrizations[t.param]
+    value = chain.original.detach()
+    for p in chain:
+        encode = getattr(p, "encode", None)
+        if encode is not None:
+            return encode(value)
+        if not isinstance(p, Mask):
+            raise ModelError(f"layer {t.name!r} has a {type(p).__name__} parametrization, which has no integer "
+                             "codes; strip it first (k-means sharing is stored by the codec's codebook encoding)")
+        value = p(value)
+    return _post_training(value, spec, observe)
+
+
+def _post_training(weight: torch.Tensor, spec: QuantSpec, observe: Any) -> Codes:
+    lo, hi = observe(weight, spec)
+    scale, zero_point = qparams(weight, spec, lo=lo, hi=hi)
+    return Codes(quantize(weight, scale, zero_point, spec), scale, zero_point, spec.bits)
+
+
+def layer_args(layer: nn.Module) -> dict[str, Any]:
+    """The constructor arguments of an nn.Linear / nn.Conv2d (its hyper-parameters, device and dtype)."""
+    like = {"bias": layer.bias is not None, "device": layer.weight.device, "dtype": layer.weight.dtype}
+    if isinstance(layer, nn.Linear):
+        return {"in_features": layer.in_features, "out_features": layer.out_features, **like}
+    return {"in_channels": layer.in_channels, "out_channels": layer.out_channels, "kernel_size": layer.kernel_size,
+            "stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation, "groups": layer.groups,
+            "padding_mode": layer.padding_mode, **like}
+
+
+def _coded_layer(layer: nn.Module, codes: Codes | PQCodes) -> CodedLayer:
+    base = plain_type(layer)
+    args = layer_args(layer)
+    with torch.no_grad():
+        if isinstance(codes, PQCodes):
+            new: CodedLayer = CODED["pq", base](**args, block_size=codes.codebook.shape[1],
+                                            centroids=codes.codebook.shape[0])
+            new.codes.copy_(codes.codes)
+            new.codebook.copy_(codes.codebook)
+        else:
+            fits_int8 = codes.codes.numel() == 0 or int(codes.codes.max()) < 128  # asymmetric 8-bit codes do not
+            new = CODED["uniform", base](**args, bits=codes.bits, per_channel=codes.scale.dim() == 1,
+                                         signed=fits_int8)
+            new.codes.copy_(codes.codes)
+            new.scale.copy_(codes.scale)
+            new.zero_point.copy_(codes.zero_point)
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias)
+    return new
+
+
+def _layout(layer: CodedLayer) -> Edit:
+    """What the "quantize" edit records to rebuild `layer` empty: its kind and buffer layout."""
+    if isinstance(layer, PQCoded):
+        return {"kind": "pq", "block_size": layer.block_size, "centroids": layer.codebook.shape[0]}
+    return {"kind": "uniform", "bits": layer.bits, "per_channel": layer.per_channel,
+            "signed": layer.codes.dtype == torch.int8}
+
+
+@EDITS.register("quantize")
+def _replay(model: nn.Module, edit: Edit) -> None:
+    """Swap the float layer for an empty coded one; the state_dict fills its codes afterwards."""
+    kind = edit.get("kind")
+    options = {k: v for k, v in edit.items() if k not in ("op", "module", "kind")}
+
+    def make(layer: nn.Module) -> nn.Module:
+        try:
+            return CODED[kind, plain_type(layer)](**layer_args(layer), **options)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"unknown coded layer {kind!r} with {options}: {exc}") from None
+
+    swap_layer(model, edit, lambda layer: plain_type(layer) in (nn.Linear, nn.Conv2d), make)

@@ -1,0 +1,132 @@
+"""Coded layers: quantized weights held (and stored) as integer codes, computing what was trained, bit for bit."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from modelzip import io
+from modelzip.errors import ConfigError, ModelError
+from modelzip.layers import independent_copy, strip
+from modelzip.models import build
+from modelzip.prune import prune_
+from modelzip.quantize import (PQConv2d, QuantizedConv2d, QuantizedLinear, QuantSpec, finish_quant_noise,
+                               pq_quantize_, prepare_qat, prepare_quant_noise, quantize_, quantize_weights_)
+
+X = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def lenet() -> nn.Module:
+    torch.manual_seed(0)
+    return build("lenet-5", (1, 28, 28), 10).eval()
+
+
+def tensor_bytes(data: bytes, name: str) -> int:
+    """Bytes the named tensor's sections take in a .mzip file."""
+    header = io.codec.read_header(data)
+    first, count = header["tensors"][name]["sections"]
+    return sum(s["length"] for s in header["sections"][first:first + count])
+
+
+@pytest.mark.parametrize(("method", "spec", "bits", "dtype"), [
+    ("uniform", QuantSpec(4, per_channel=True), 4, torch.int8),
+    ("lsq", QuantSpec(4, per_channel=True), 4, torch.int8),
+    ("binary", QuantSpec(per_channel=True), 1, torch.int8),
+    ("ternary", QuantSpec(per_channel=False), 2, torch.int8),
+    ("uniform", QuantSpec(8, symmetric=False), 8, torch.uint8),
+])
+def test_qat_layers_become_codes_that_compute_the_same(lenet, method, spec, bits, dtype):
+    model = copy.deepcopy(lenet)
+    prepare_qat(model, spec, method=method)
+    trained = model(X)
+    stripped = strip(independent_copy(model))
+    assert quantize_weights_(model) == dict.fromkeys(["conv1", "conv2", "fc1", "fc2"], f"{bits}-bit")
+    assert isinstance(model.conv1, QuantizedConv2d) and isinstance(model.fc1, QuantizedLinear)
+    assert model.fc1.codes.dtype == dtype and "weight" not in model.state_dict().keys() - {"fc1.bias"}
+    assert torch.equal(model(X), trained)
+    for name in ("conv1", "fc1"):
+        assert torch.equal(getattr(model, name).weight, getattr(stripped, name).weight)
+    codes = model.fc1.codes.long()
+    assert codes.unique().numel() <= 2 ** bits if bits > 1 else set(codes.unique().tolist()) <= {-1, 1}
+    data = io.dumps(model)
+    loaded = io.loads(data)
+    assert isinstance(loaded.fc1, QuantizedLinear) and torch.equal(loaded(X), trained)
+    into_float = io.loads(data, build("lenet-5", (1, 28, 28), 10))  # the edits turn the user's model coded
+    assert torch.equal(into_float(X), trained)
+    # stored at the codes' width (or below, Huffman-coded): fc1's 400,000 codes
+    assert tensor_bytes(data, "fc1.codes") <= 400_000 * bits / 8 + 300
+
+
+def test_post_training_quantization_error_is_within_half_a_step(lenet):
+    model = copy.deepcopy(lenet)
+    quantize_weights_(model, QuantSpec(4, per_channel=True))
+    for name in ("conv2", "fc1"):
+        layer, float_weight = getattr(model, name), getattr(lenet, name).weight
+        step = layer.scale.reshape(-1, *[1] * (float_weight.dim() - 1))
+        assert ((layer.weight - float_weight).abs() <= step / 2 * (1 + 1e-6)).all()
+        assert layer.codes.abs().max() == 7  # min-max range: the largest weight of each row is +-7
+    assert len(io.dumps(model)) < len(io.dumps(lenet)) / 7
+
+
+def test_per_layer_specs_and_pruned_zeros(lenet):
+    model = copy.deepcopy(lenet)
+    prune_(model, 0.8)
+    kept = model.fc1.weight != 0
+    done = quantize_weights_(model, QuantSpec(8, per_channel=True), layers={"fc1": QuantSpec(3, per_channel=True)})
+    assert done == {"conv1": "8-bit", "conv2": "8-bit", "fc1": "3-bit", "fc2": "8-bit"}
+    assert torch.equal(model.fc1.codes != 0, kept)  # pruned weights are code 0; kept ones never round to it here
+    assert model.fc1.codes.abs().max() == 3
+    plain = io.dumps(copy.deepcopy(model))
+    assert io.codec.read_header(plain)["tensors"]["fc1.codes"]["encoding"] == "sparse"
+
+
+def test_product_quantized_layers(lenet):
+    model = copy.deepcopy(lenet)
+    pq_quantize_(model, block_size=5, centroids=16, layers=["conv2"])
+    expected = model(X)
+    done = quantize_weights_(model, layers={"conv1": QuantSpec(8), "fc*": QuantSpec(8)})
+    assert done["conv2"] == "pq 16x5" and isinstance(model.conv2, PQConv2d)
+    assert model.conv2.codes.dtype == torch.uint8 and model.conv2.codes.shape == (50, 100)
+    assert torch.equal(model.conv2.weight, strip(independent_copy(model)).conv2.weight)
+    data = io.dumps(model)
+    assert tensor_bytes(data, "conv2.codes") <= 5000 * 4 / 8 + 16  # 4 bits per 5 weights, plus the 16 code values
+    assert torch.allclose(io.loads(data)(X), model(X)) and not torch.equal(model(X), expected)  # fc layers now 8-bit
+
+
+def test_quant_noise_converts_once_finished(lenet):
+    model = copy.deepcopy(lenet)
+    prepare_quant_noise(model, 0.5, "pq", block_size=5, centroids=8, layers=["conv2"])
+    with pytest.raises(ModelError, match="p = 0.5 is partly full precision; call finish_quant_noise"):
+        quantize_weights_(model)
+    assert not isinstance(model.conv1, QuantizedConv2d)  # nothing changed
+    finish_quant_noise(model)
+    expected = model(X)
+    quantize_weights_(model, QuantSpec(8), layers={"conv1": QuantSpec(8)})
+    assert isinstance(model.conv2, PQConv2d)
+    assert torch.equal(model.conv2.weight, strip(independent_copy(model)).conv2.weight)
+    assert not torch.equal(model(X), expected)  # the other layers were float and are now 8-bit
+
+
+def test_errors(lenet):
+    model = copy.deepcopy(lenet)
+    quantize_(model, 3)
+    with pytest.raises(ModelError, match="layer .conv1. has a SharedWeights parametrization, which has no integer"):
+        quantize_weights_(model)
+    with pytest.raises(ConfigError, match="per output channel \\(axis 0\\), got axis 1"):
+        quantize_weights_(copy.deepcopy(lenet), QuantSpec(8, per_channel=True, axis=1))
+    broken = copy.deepcopy(lenet)
+    with torch.no_grad():
+        broken.fc1.weight[0, 0] = float("nan")
+    with pytest.raises(ModelError, match="layer 'fc1' has NaN or infinite weights"):
+        quantize_weights_(broken)
+    with pytest.raises(ModelError, match="no nn.Linear or nn.Conv2d"):
+        quantize_weights_(nn.Sequential(nn.Embedding(10, 4)))
+
+
+def test_a_bad_quantize_edit_is_refused(lenet):
+    model = copy.deepcopy(lenet)
+    quantize_weights_(model)
+    model.modelzip_arch["edits"][0]["kind"] = "fp4"
+    with pytest.raises(ModelError, match="quantize edit of layer 'conv1': unknown coded layer 'fp4'"):
+        io.loads(io.dumps(model))

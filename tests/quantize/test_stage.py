@@ -1,0 +1,73 @@
+"""The uniform quantization stage of recipes: post-training, QAT, Quant-Noise and mixed precision, end to end."""
+import copy
+import dataclasses
+
+import pytest
+
+import modelzip
+from modelzip.errors import ConfigError
+from modelzip.quantize import QuantizedLinear, UniformConfig, uniform_quantization
+from modelzip.recipes import Recipe, from_mapping, load_recipe
+from modelzip.train import TrainConfig, evaluate
+
+
+def test_int8_recipe_keeps_accuracy_at_a_quarter_of_the_size(digits, trained_lenet):
+    result = modelzip.compress(trained_lenet, digits, "int8")
+    report = result.report
+    assert abs(report["accuracy_after"] - report["accuracy_before"]) <= 0.01
+    assert report["compression_ratio"] > 3.5
+    assert all(isinstance(result.model.get_submodule(n), QuantizedLinear) for n in ("fc1", "fc2", "fc3"))
+    assert {row["name"]: row["weight_bits"] <= 8 for row in report["layers"]} == dict.fromkeys(["fc1", "fc2", "fc3"], True)
+
+
+def test_qat_int4_recipe_recovers_what_post_training_int4_loses(digits, trained_lenet):
+    recipe = load_recipe("qat-int4")
+    assert recipe.uniform.bits == 4 and recipe.uniform.train is not None
+    post = copy.deepcopy(trained_lenet)
+    uniform_quantization(post, digits.train, UniformConfig(bits=2))
+    qat = copy.deepcopy(trained_lenet)
+    uniform_quantization(qat, digits.train, UniformConfig(bits=2, train=TrainConfig(epochs=3, lr=3e-4)))
+    assert evaluate(qat, digits.test) > evaluate(post, digits.test) + 0.02
+    assert qat.fc1.codes.abs().max() == 1  # 2-bit symmetric codes: -1, 0, 1
+
+
+@pytest.mark.parametrize("method", ["binary", "ternary", "lsq"])
+def test_trained_methods(digits, trained_lenet, method):
+    model = copy.deepcopy(trained_lenet)
+    done = uniform_quantization(model, digits.train, UniformConfig(bits=4, method=method, train=TrainConfig(epochs=2)))
+    assert set(done.values()) == {{"binary": "1-bit", "ternary": "2-bit", "lsq": "4-bit"}[method]}
+    assert evaluate(model, digits.test) > 0.8
+
+
+def test_quant_noise_stage(digits, trained_lenet):
+    model = copy.deepcopy(trained_lenet)
+    config = UniformConfig(bits=4, noise=0.5, train=TrainConfig(epochs=2))
+    assert set(uniform_quantization(model, digits.train, config).values()) == {"4-bit"}
+    assert evaluate(model, digits.test) > 0.85
+
+
+def test_mixed_precision_stage_meets_its_budget(digits, trained_lenet):
+    model = copy.deepcopy(trained_lenet)
+    uniform_quantization(model, digits.train, UniformConfig(mixed=3.0, examples=500))
+    layers = [model.fc1, model.fc2, model.fc3]
+    average = sum(m.bits * m.codes.numel() for m in layers) / sum(m.codes.numel() for m in layers)
+    assert average <= 3.0 and len({m.bits for m in layers}) > 1
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"method": "binary"}, "binary weights need training"),
+    ({"noise": 0.1}, "Quant-Noise is a training method"),
+    ({"mixed": 4.0, "layers": {"fc1": 8}}, "not both"),
+    ({"bits": 9}, "uniform quantization takes bits in 2..8"),
+    ({"method": "fp8"}, "'fp8' is not one of uniform, lsq, binary, ternary"),
+])
+def test_config_errors(digits, trained_lenet, config, message):
+    with pytest.raises(ConfigError, match=message):
+        uniform = from_mapping(UniformConfig, config, "uniform")
+        uniform_quantization(copy.deepcopy(trained_lenet), digits.train, uniform)
+
+
+def test_a_recipe_quantizes_one_way():
+    with pytest.raises(ConfigError, match="one of soft_sharing, quantize and uniform, got quantize and uniform"):
+        dataclasses.replace(load_recipe("deep-compression"), uniform=UniformConfig())
+    assert Recipe(uniform=UniformConfig(bits=6)).uniform.spec().bits == 6
