@@ -15,9 +15,12 @@ and `latency` alone, after `weights`, on a quiet machine):
 - data_free: a batch-norm CNN (the VGG-BN of the structured benchmark) run in int8 with activation ranges
   calibrated on 512 real training images or on 512 images synthesized from its batch-norm statistics:
   data_free_int8 {accuracy_float, accuracy_real_calibration, accuracy_data_free, accuracy_noise_calibration}.
-- quant_noise: LeNet-5 product-quantized (iPQ: blocks of 5, 256 codewords, 1.6 bits a weight) and
-  fine-tuned with Quant-Noise (p = 0.1) or with plain iPQ QAT (p = 1), same size:
-  quant_noise {accuracy_quant_noise, accuracy_plain_qat, file bytes of each}.
+- quant_noise: LeNet-5's conv2 and fc1 product-quantized (iPQ: blocks of 5, 256 codewords, 1.6 bits a
+  weight; and `extreme`: blocks of 10, 32 codewords, 0.5 bits) and fine-tuned with Quant-Noise (p = 0.1)
+  or with plain iPQ QAT (p = 1), same size: quant_noise {accuracy_quant_noise, accuracy_plain_qat, bytes}.
+- hashing: LeNet-300-100 with every layer hashed into 1/8 and 1/64 of its weights, as shared buckets
+  (HashedNets) or as the entries of a product of two thin matrices (structured multi-hashing, per
+  layer), fitted to the trained network by least squares, then trained 4 epochs: accuracy, file bytes.
 - onnx: LeNet-5 exported to ONNX (float, and QDQ int8 calibrated on 1,000 training images); ONNX Runtime's
   predictions on the 10,000 test images against PyTorch's: onnx_argmax_agreement (float), onnx_qdq.
 - mixed: LeNet-5 post-training at 2.5 and 3 bits per weight on average: per-layer widths from the
@@ -38,8 +41,8 @@ import modelzip
 from modelzip.data import sample
 from modelzip.export import argmax_agreement, export_onnx
 from modelzip.profile import compare_latency
-from modelzip.quantize import (QuantSpec, bit_specs, finish_quant_noise, int8_model, mixed_precision, prepare_qat,
-                               prepare_quant_noise, quantize_weights_, synthesize)
+from modelzip.quantize import (QuantSpec, bit_specs, finish_quant_noise, hash_, int8_model, mixed_precision,
+                               prepare_qat, prepare_quant_noise, quantize_weights_, synthesize)
 from modelzip.structured import scale_penalty
 from modelzip.train import TrainConfig, evaluate, fit
 from sections import Section, run
@@ -51,6 +54,7 @@ CACHE = HERE / "results" / "files" / "quantization"
 CODED = ("int8", "int4", "binary", "qat_int4")
 QAT = TrainConfig(epochs=2, batch_size=128, lr=1e-4)  # fine-tuning through the quantizer, from the trained net
 BINARY = TrainConfig(epochs=4, batch_size=128, lr=1e-3)  # 1 bit is far from the float net: train longer
+HASHED = TrainConfig(epochs=4, batch_size=128, lr=1e-3)  # shared buckets: the net has to re-learn
 SECTIONS: dict[str, Section] = {}
 
 
@@ -129,16 +133,36 @@ def data_free(data: modelzip.DataBundle) -> dict:
 @section
 def quant_noise(data: modelzip.DataBundle) -> dict:
     float_model = lenet("lenet-5", data)
-    out = {"accuracy_float": evaluate(float_model, data.test), "block_size": 5, "centroids": 256}
-    for key, p in (("quant_noise", 0.1), ("plain_qat", 1.0)):
-        model = copy.deepcopy(float_model)
-        prepare_quant_noise(model, p, "pq", block_size=5, centroids=256, layers=["conv2", "fc1"])
-        fit(model, data.train, TrainConfig(epochs=2, lr=3e-4), desc=key)
-        finish_quant_noise(model)
-        quantize_weights_(model, QuantSpec(8, per_channel=True))  # conv1 and fc2 (13% of the weights): int8
-        loaded, size = decoded(model)
-        out[f"accuracy_{key}"], out[f"file_bytes_{key}"] = evaluate(loaded, data.test), size
+    out = {"accuracy_float": evaluate(float_model, data.test)}
+    for setting, block_size, centroids in (("", 5, 256), ("extreme", 10, 32)):
+        entry = out.setdefault(setting, {}) if setting else out
+        entry.update(block_size=block_size, centroids=centroids)
+        for key, p in (("quant_noise", 0.1), ("plain_qat", 1.0)):
+            model = copy.deepcopy(float_model)
+            prepare_quant_noise(model, p, "pq", block_size=block_size, centroids=centroids, layers=["conv2", "fc1"])
+            fit(model, data.train, TrainConfig(epochs=2, lr=3e-4), desc=key)
+            finish_quant_noise(model)
+            quantize_weights_(model, QuantSpec(8, per_channel=True))  # conv1 and fc2 (1.3% of the weights): int8
+            loaded, size = decoded(model)
+            entry[f"accuracy_{key}"], entry[f"file_bytes_{key}"] = evaluate(loaded, data.test), size
     return {"quant_noise": out}
+
+
+@section
+def hashing(data: modelzip.DataBundle) -> dict:
+    dense = lenet("lenet-300-100", data)
+    out = {"accuracy_dense": evaluate(dense, data.test), "file_bytes_dense": len(modelzip.dumps(dense))}
+    for structure in ("buckets", "product"):
+        for ratio in (1 / 8, 1 / 64):
+            model = copy.deepcopy(dense)
+            hash_(model, ratio, structure=structure)  # every layer, fitted to the dense weight by least squares
+            hashed = evaluate(model, data.test)
+            fit(model, data.train, HASHED, desc=f"{structure} 1/{round(1 / ratio)}")
+            loaded, size = decoded(model)
+            out[f"{structure} 1/{round(1 / ratio)}"] = {
+                "accuracy_hashed": hashed, "accuracy_trained": evaluate(loaded, data.test), "file_bytes": size,
+                "file_ratio": out["file_bytes_dense"] / size, "params": modelzip.layers.parameter_count(model)}
+    return {"hashing": out}
 
 
 @section

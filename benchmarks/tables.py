@@ -240,6 +240,16 @@ def quantization() -> None:
         bits = ", ".join(f"{k} {v:g}" for k, v in e["bits"].items())
         print(f"| {budget} | {e['uniform_bits']} bits: {100 * e['accuracy_uniform']:.2f}% | {bits}: "
               f"**{100 * e['accuracy_mixed']:.2f}%** |")
+    h = r.get("hashing")
+    if h:
+        print(f"\n| LeNet-300-100 hashed (dense {100 * h['accuracy_dense']:.2f}%, {h['file_bytes_dense']:,} B) "
+              "| params | accuracy: least-squares fit -> trained | .mzip file | ratio |\n|---|---|---|---|---|")
+        for key in (k for k in h if " 1/" in k):
+            e = h[key]
+            structure, fraction = key.split()
+            label = "HashedNets buckets" if structure == "buckets" else "product of two matrices (SMH)"
+            print(f"| {label}, {fraction} of the weights | {e['params']:,} | {100 * e['accuracy_hashed']:.2f}% -> "
+                  f"**{100 * e['accuracy_trained']:.2f}%** | {e['file_bytes']:,} B | {e['file_ratio']:.1f}x |")
     o = r["onnx_qdq"]
     print("\n| ONNX export of LeNet-5, ONNX Runtime on the 10,000 test images | file | argmax agreement with PyTorch |")
     print("|---|---|---|")

@@ -144,10 +144,15 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def parameter_count(model: nn.Module) -> int:
-    """Number of parameters `strip(model)` would have (a parametrization's extra state not counted)."""
+    """Number of parameters `strip(model)` would have (a parametrization's extra state not counted).
+
+    A layer whose weights are stored as codes (`modelzip_coded_weights`, quantize/coded.py) counts them:
+    they are its weights, frozen, not extra state.
+    """
     names = {n.replace("parametrizations.", "").removesuffix(".original") for n, _ in model.named_parameters()
              if "parametrizations." not in n or n.endswith(".original")}
-    return sum(t.numel() for k, t in plain_state_dict(model).items() if k in names)
+    coded = sum(getattr(m, "modelzip_coded_weights", 0) for m in model.modules())
+    return coded + sum(t.numel() for k, t in plain_state_dict(model).items() if k in names)
 
 
 def independent_copy(model: nn.Module) -> nn.Module:

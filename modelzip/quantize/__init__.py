@@ -2,7 +2,7 @@
 codes with QAT; product quantization and Quant-Noise; hashing-based sharing; data-free calibration inputs."""
 from .coded import PQConv2d, PQLinear, QuantizedConv2d, QuantizedLinear, quantize_weights_
 from .datafree import calibrate_activations, synthesize
-from .hashing import HashedConv2d, HashedLinear, hash_
+from .hashing import HashStructure, HashedConv2d, HashedLinear, hash_
 from .int8 import RangeObserver, int8_model
 from .kmeans import Init, initial_centroids, kmeans_codebook
 from .mixed import bit_specs, mixed_precision
@@ -14,7 +14,7 @@ from .sharing import QuantizeConfig, SharedWeights, quantize_, trained_quantizat
 from .stage import UniformConfig, uniform_quantization
 from .uniform import Observer, QuantSpec, dequantize, fake_quantize, qparams, qrange, quantize
 
-__all__ = ["HashedConv2d", "HashedLinear", "Init", "NoiseMode", "Observer", "PQConv2d", "PQLinear", "PQWeights",
+__all__ = ["HashStructure", "HashedConv2d", "HashedLinear", "Init", "NoiseMode", "Observer", "PQConv2d", "PQLinear", "PQWeights",
            "QATMethod", "QuantNoise", "QuantSpec", "QuantizeConfig", "QuantizedConv2d", "QuantizedLinear",
            "RangeObserver", "SharedWeights", "UniformConfig", "bit_specs", "calibrate_activations", "dequantize",
            "fake_quantize", "finish_quant_noise", "hash_", "initial_centroids", "int8_model", "kmeans_codebook",

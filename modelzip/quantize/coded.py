@@ -15,6 +15,7 @@ A "quantize" structural edit lets `modelzip.load` rebuild the coded layers.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,6 +45,11 @@ class CodedLayer(nn.Module):
     def __init__(self, *args: Any, device: Any = None, dtype: torch.dtype | None = None, **kwargs: Any) -> None:
         super().__init__(*args, device=device, dtype=dtype, **kwargs)
         self.weight_shape = tuple(self._parameters.pop("weight").shape)
+
+    @property
+    def modelzip_coded_weights(self) -> int:
+        """The weights the codes stand for, which `layers.parameter_count` counts as parameters."""
+        return math.prod(self.weight_shape)
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
         device = self.bias.device if self.bias is not None else None

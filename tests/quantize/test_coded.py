@@ -7,7 +7,7 @@ from torch import nn
 
 from modelzip import io
 from modelzip.errors import ConfigError, ModelError
-from modelzip.layers import independent_copy, strip
+from modelzip.layers import independent_copy, parameter_count, strip
 from modelzip.models import build
 from modelzip.prune import prune_
 from modelzip.quantize import (PQConv2d, QuantizedConv2d, QuantizedLinear, QuantSpec, finish_quant_noise,
@@ -45,6 +45,7 @@ def test_qat_layers_become_codes_that_compute_the_same(lenet, method, spec, bits
     assert isinstance(model.conv1, QuantizedConv2d) and isinstance(model.fc1, QuantizedLinear)
     assert model.fc1.codes.dtype == dtype and "weight" not in model.state_dict().keys() - {"fc1.bias"}
     assert torch.equal(model(X), trained)
+    assert parameter_count(model) == parameter_count(lenet) == 431_080  # codes count as the weights they are
     for name in ("conv1", "fc1"):
         assert torch.equal(getattr(model, name).weight, getattr(stripped, name).weight)
     codes = model.fc1.codes.long()

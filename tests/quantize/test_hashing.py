@@ -11,19 +11,26 @@ from modelzip.layers import parameter_count, targets
 from modelzip.models import arch_of, build, rebuild
 from modelzip.prune import prune_
 from modelzip.quantize import quantize_
-from modelzip.quantize.hashing import HashedConv2d, HashedLinear, bucket_means, hash_, hash_indices
+from modelzip.quantize.hashing import (HashedConv2d, HashedLinear, HashStructure, bucket_means, hash_, hash_indices,
+                                       product_factors, product_indices, product_shape)
 from modelzip.train import TrainConfig, evaluate, fit
+
+
+def fmix32(x: int) -> int:
+    x ^= x >> 16
+    x = x * 0x85EBCA6B % 2 ** 32
+    x ^= x >> 13
+    x = x * 0xC2B2AE35 % 2 ** 32
+    return x ^ (x >> 16)
+
+
+def salts(seed: int) -> tuple[int, int]:
+    return fmix32((2 * seed + 1) * 0x9E3779B9 % 2 ** 32), fmix32((2 * seed + 2) * 0x9E3779B9 % 2 ** 32)
 
 
 def reference_hash(k: int, buckets: int, seed: int) -> tuple[int, int]:
     """The documented hash in plain Python integers (no overflow possible): (bucket, sign) of flat entry k."""
-    def fmix32(x: int) -> int:
-        x ^= x >> 16
-        x = x * 0x85EBCA6B % 2 ** 32
-        x ^= x >> 13
-        x = x * 0xC2B2AE35 % 2 ** 32
-        return x ^ (x >> 16)
-    salt_index, salt_sign = (fmix32((2 * seed + part + 1) * 0x9E3779B9 % 2 ** 32) for part in (0, 1))
+    salt_index, salt_sign = salts(seed)
     return fmix32(k ^ salt_index) % buckets, 1 - 2 * (fmix32(k ^ salt_sign) & 1)
 
 
@@ -197,3 +204,141 @@ def test_errors():
         hash_(nn.Linear(4, 2), 0.5)
     with pytest.raises(ModelError, match="hash edit .*'fc1'"):
         rebuild({"name": "lenet-300-100", "edits": [{"op": "hash", "module": "fc1", "buckets": 0, "seed": 0}]})
+
+
+# structured multi-hashing: the hashed values are the entries of a rank-r product left @ right
+
+
+def test_product_indices_match_the_plain_integer_definition_and_are_pinned():
+    index, sign = product_indices((100, 30), 3025, seed=3)
+    # like hash_indices', these values are part of the format and must never change
+    assert index.flatten()[:8].tolist() == [1356, 1273, 2668, 1545, 2833, 2417, 1758, 472]
+    salt_index, _ = salts(3)
+    order = sorted(range(3025), key=lambda e: fmix32(e ^ salt_index))
+    assert index.flatten().tolist() == order[:3000]  # distinct entries: no two weights share one
+    assert torch.equal(sign, hash_indices((100, 30), 1, seed=3)[1])
+    assert torch.equal(product_indices((100, 30), 3025, seed=3)[0], index)
+    assert sorted(product_indices((4, 9), 36, seed=0)[0].flatten().tolist()) == list(range(36))  # a permutation
+    assert [product_shape(n) for n in (1, 2, 36, 1000, 3000, 19_200, 30_000)] == [
+        (1, 1), (2, 1), (6, 6), (32, 32), (55, 55), (139, 139), (174, 173)]
+    with pytest.raises(ConfigError, match="product entries"):
+        product_indices((100, 30), 2999)
+
+
+def test_product_virtual_weight_forward_and_gradient_by_hand():
+    layer = HashedLinear(5, 3, rank=2, seed=7, dtype=torch.float64)  # 15 weights in a (4, 4) product
+    assert layer.buckets == 16 and layer.left.shape == (4, 2) and layer.right.shape == (2, 4)
+    index, sign = product_indices((3, 5), 16, seed=7)
+    weight = layer.virtual_weight()
+    product = layer.left @ layer.right
+    for i in range(3):
+        for j in range(5):
+            assert weight[i, j].item() == sign[i, j].item() * product[index[i, j] // 4, index[i, j] % 4].item()
+    x = torch.randn(2, 5, dtype=torch.float64)
+    assert torch.equal(layer(x), F.linear(x, weight, layer.bias))
+    assert {k: v.shape for k, v in layer.state_dict().items()} == {"left": (4, 2), "right": (2, 4), "bias": (3,)}
+    assert sum(p.numel() for p in layer.parameters()) == 2 * (4 + 4) + 3
+    layer(x).square().sum().backward()
+    dense = weight.detach().requires_grad_()
+    F.linear(x, dense, layer.bias.detach()).square().sum().backward()
+    entries = torch.zeros(16, dtype=torch.float64).index_add_(0, index.flatten(), (sign * dense.grad).flatten())
+    assert torch.allclose(layer.left.grad, entries.view(4, 4) @ layer.right.T.detach(), atol=1e-12)
+    assert torch.allclose(layer.right.grad, layer.left.T.detach() @ entries.view(4, 4), atol=1e-12)
+    conv = HashedConv2d(4, 6, 3, rank=3, padding=1, groups=2, seed=1)  # 108 weights in an (11, 10) product
+    assert conv.virtual_weight().shape == (6, 2, 3, 3) and conv.right.shape == (3, 10)
+    x = torch.randn(2, 4, 5, 5)
+    assert torch.equal(conv(x), F.conv2d(x, conv.virtual_weight(), conv.bias, padding=1, groups=2))
+    assert "buckets=110, rank=3" in repr(conv)
+
+
+def test_product_fit_at_full_rank_reproduces_the_dense_layer():
+    dense = nn.Linear(9, 4)  # 36 weights: a (6, 6) product, every entry used
+    layer = HashedLinear(9, 4, rank=6, seed=2)
+    layer.fit_(dense.weight)
+    layer.bias.data.copy_(dense.bias)
+    assert torch.allclose(layer.virtual_weight(), dense.weight, atol=1e-6)
+    x = torch.randn(3, 9)
+    assert torch.allclose(layer(x), dense(x), atol=1e-6)
+    left, right = product_factors(dense.weight, layer.index, layer.sign, 2)  # rank 2: the SVD's best fit
+    target = torch.zeros(36).index_put_((layer.index.flatten(),), (layer.sign * dense.weight).flatten().detach())
+    s = torch.linalg.svdvals(target.view(6, 6))
+    assert torch.allclose((left @ right - target.view(6, 6)).norm(), s[2:].norm(), atol=1e-5)
+
+
+def test_hash_product_recovers_a_weight_that_is_already_a_hashed_product():
+    source = HashedLinear(16, 9, rank=3, seed=5)  # 144 weights: a (12, 12) product
+    model = nn.Sequential(OrderedDict(fc=nn.Linear(16, 9)))
+    with torch.no_grad():
+        model.fc.weight.copy_(source.virtual_weight())
+        model.fc.bias.copy_(source.bias)
+    assert hash_(model, 0.5, seed=5, structure="product") == {"fc": 3}  # 3 * (12 + 12) = 0.5 * 144
+    assert model.fc.rank == 3 and parameter_count(model) == 72 + 9
+    x = torch.randn(3, 16)
+    assert torch.allclose(model(x), source(x), atol=1e-5)
+
+
+def test_product_hashed_lenet_counts_saves_and_reloads():
+    model = build("lenet-300-100", (1, 8, 8))
+    dense = build("lenet-300-100", (1, 8, 8))
+    assert hash_(model, layers={"fc1": 1 / 8}) == {"fc1": 2_400}  # buckets: an edit without "structure"
+    assert hash_(model, layers={"fc2": 1 / 8, "fc3": 1 / 8}, structure="product") == {"fc2": 11, "fc3": 2}
+    # fc2: 30,000 weights in a (174, 173) product, 11 * 347 = 3,817 ~ 3,750; fc3: 1,000 in (32, 32), 2 * 64 = 128
+    for layer, numel in ((model.fc2, 30_000), (model.fc3, 1_000)):
+        m, n = layer.left.shape[0], layer.right.shape[1]
+        assert abs(layer.rank * (m + n) - numel / 8) <= (m + n) / 2
+    assert parameter_count(model) == 2_400 + 300 + 3_817 + 100 + 128 + 10
+    assert arch_of(model)["edits"] == [{"op": "hash", "module": "fc1", "buckets": 2_400, "seed": 0},
+                                       {"op": "hash", "module": "fc2", "structure": "product", "rank": 11, "seed": 0},
+                                       {"op": "hash", "module": "fc3", "structure": "product", "rank": 2, "seed": 0}]
+    data = modelzip.dumps(model)
+    x = torch.randn(5, 1, 8, 8)
+    for loaded in modelzip.loads(data), modelzip.loads(data, dense):  # rebuilt, and into a fresh float model
+        assert loaded.fc1.rank is None and loaded.fc2.rank == 11 and torch.equal(loaded.fc2.index, model.fc2.index)
+        assert torch.equal(loaded(x), model.eval()(x))
+    assert 4 * (2_400 + 3_817 + 128 + 410) < len(data) < 4 * 8_000
+    empty = rebuild(arch_of(model), device="meta")
+    assert {k: v.shape for k, v in empty.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_product_hashed_lenet_5_convolutions_reload(tmp_path):
+    model = build("lenet-5")
+    # conv1: 500 weights, (23, 22): rank round(250 / 45) = 6; conv2: 25,000, (159, 158): round(12,500 / 317) = 39
+    assert hash_(model, {"conv": 0.5, "linear": None}, structure=HashStructure.PRODUCT) == {"conv1": 6, "conv2": 39}
+    assert isinstance(model.conv2, HashedConv2d) and model.conv2.left.shape == (159, 39)
+    modelzip.save(model, tmp_path / "smh.mzip")
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(modelzip.load(tmp_path / "smh.mzip")(x), model.eval()(x))
+
+
+def test_a_product_hashed_lenet_trains_on_digits(digits):
+    torch.manual_seed(0)
+    model = build("lenet-300-100", digits.input_shape, digits.num_classes)
+    assert hash_(model, 1 / 8, structure="product") == {"fc1": 9, "fc2": 11, "fc3": 2}
+    fit(model, digits.train, TrainConfig(epochs=20, lr=3e-3))
+    # 0.953 with 6,857 parameters (buckets at the same ratio: 0.964 with 6,685; dense: 0.964 with 50,610)
+    assert evaluate(model, digits.test) > 0.85
+
+
+def test_product_factors_are_compressible_weights():
+    model = build("lenet-300-100", (1, 8, 8))
+    hash_(model, layers={"fc1": 1 / 8}, structure="product")
+    assert [(t.name, t.param) for t in targets(model)][:2] == [("fc1", "left"), ("fc1", "right")]
+    prune_(model, 0.5)
+    assert (model.fc1.left == 0).float().mean().item() == pytest.approx(0.5, abs=1e-3)
+    modelzip.strip(model)
+    quantize_(model, 3)  # structured multi-hashing, then pruning and k-means sharing of the factors
+    assert model.fc1.left.unique().numel() <= 8 and model.fc1.right.unique().numel() <= 8
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(modelzip.loads(modelzip.dumps(model))(x), model.eval()(x))
+
+
+def test_product_errors():
+    with pytest.raises(ConfigError, match="structure must be one of 'buckets', 'product', got 'rank'"):
+        hash_(build("lenet-300-100"), 0.5, structure="rank")
+    with pytest.raises(ConfigError, match="not both"):
+        HashedLinear(5, 3, buckets=4, rank=2)
+    with pytest.raises(ConfigError, match=r"rank must be an integer in \[1, 4\]"):
+        HashedLinear(5, 3, rank=5)
+    for edit in ({"structure": "rank", "rank": 2}, {"structure": "product", "rank": 0}, {"structure": "product"}):
+        with pytest.raises(ModelError, match="hash edit .*'fc1'"):
+            rebuild({"name": "lenet-300-100", "edits": [{"op": "hash", "module": "fc1", "seed": 0, **edit}]})
