@@ -17,7 +17,8 @@ and `latency` alone, after `weights`, on a quiet machine):
   data_free_int8 {accuracy_float, accuracy_real_calibration, accuracy_data_free, accuracy_noise_calibration}.
 - quant_noise: LeNet-5's conv2 and fc1 product-quantized (iPQ: blocks of 5, 256 codewords, 1.6 bits a
   weight; and `extreme`: blocks of 10, 32 codewords, 0.5 bits) and fine-tuned with Quant-Noise (p = 0.1)
-  or with plain iPQ QAT (p = 1), same size: quant_noise {accuracy_quant_noise, accuracy_plain_qat, bytes}.
+  or with plain iPQ QAT (p = 1), then both re-clustered and their codebooks fine-tuned, same size:
+  quant_noise {accuracy_quant_noise, accuracy_plain_qat, file bytes, and each before the final stage}.
 - hashing: LeNet-300-100 with every layer hashed into 1/8 and 1/64 of its weights, as shared buckets
   (HashedNets) or as the entries of a product of two thin matrices (structured multi-hashing, per
   layer), fitted to the trained network by least squares, then trained 4 epochs: accuracy, file bytes.
@@ -41,8 +42,9 @@ import modelzip
 from modelzip.data import sample
 from modelzip.export import argmax_agreement, export_onnx
 from modelzip.profile import compare_latency
+from modelzip.layers import independent_copy, strip
 from modelzip.quantize import (QuantSpec, bit_specs, finish_quant_noise, hash_, int8_model, mixed_precision,
-                               prepare_qat, prepare_quant_noise, quantize_weights_, synthesize)
+                               pq_quantize_, prepare_qat, prepare_quant_noise, quantize_weights_, synthesize)
 from modelzip.structured import scale_penalty
 from modelzip.train import TrainConfig, evaluate, fit
 from sections import Section, run
@@ -132,18 +134,25 @@ def data_free(data: modelzip.DataBundle) -> dict:
 
 @section
 def quant_noise(data: modelzip.DataBundle) -> dict:
+    """Fan et al.'s procedure for both: train with the noise rate p, then iPQ of the trained weights (k-means
+    anew) and one epoch fine-tuning the codebooks; `_before_final_stage` is the net right after training,
+    fully quantized with the codebook it trained (`finish_quant_noise`)."""
     float_model = lenet("lenet-5", data)
     out = {"accuracy_float": evaluate(float_model, data.test)}
+    layers = ["conv2", "fc1"]  # conv1 and fc2 (1.3% of the weights): int8
     for setting, block_size, centroids in (("", 5, 256), ("extreme", 10, 32)):
         entry = out.setdefault(setting, {}) if setting else out
         entry.update(block_size=block_size, centroids=centroids)
         for key, p in (("quant_noise", 0.1), ("plain_qat", 1.0)):
             model = copy.deepcopy(float_model)
-            prepare_quant_noise(model, p, "pq", block_size=block_size, centroids=centroids, layers=["conv2", "fc1"])
+            prepare_quant_noise(model, p, "pq", block_size=block_size, centroids=centroids, layers=layers)
             fit(model, data.train, TrainConfig(epochs=2, lr=3e-4), desc=key)
-            finish_quant_noise(model)
-            quantize_weights_(model, QuantSpec(8, per_channel=True))  # conv1 and fc2 (1.3% of the weights): int8
-            loaded, size = decoded(model)
+            trained = strip(independent_copy(model).eval())  # p < 1: the full-precision weights; p = 1: quantized
+            entry[f"accuracy_{key}_before_final_stage"] = evaluate(finish_quant_noise(model), data.test)
+            pq_quantize_(trained, block_size, centroids, layers=layers)
+            fit(trained, data.train, TrainConfig(epochs=1, lr=1e-4), desc=f"{key} codebooks")
+            quantize_weights_(trained, QuantSpec(8, per_channel=True))
+            loaded, size = decoded(trained)
             entry[f"accuracy_{key}"], entry[f"file_bytes_{key}"] = evaluate(loaded, data.test), size
     return {"quant_noise": out}
 

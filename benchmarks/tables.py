@@ -228,10 +228,15 @@ def quantization() -> None:
                        ("accuracy_noise_calibration", f"{d['calibration_images']} N(0, 1) noise images")):
         print(f"| {label} | {100 * d[key]:.2f}% |")
     n = r["quant_noise"]
-    print(f"\n| LeNet-5 iPQ (blocks of {n['block_size']}, {n['centroids']} codewords) | accuracy | .mzip file |")
-    print("|---|---|---|")
-    print(f"| Quant-Noise, p = 0.1 | {100 * n['accuracy_quant_noise']:.2f}% | {n['file_bytes_quant_noise']:,} B |")
-    print(f"| plain iPQ QAT (p = 1) | {100 * n['accuracy_plain_qat']:.2f}% | {n['file_bytes_plain_qat']:,} B |")
+    print("\n| LeNet-5, conv2 and fc1 by iPQ | bits a weight | Quant-Noise p = 0.1: trained -> final "
+          "| plain iPQ QAT (p = 1): trained -> final | .mzip file |\n|---|---|---|---|---|")
+    for e in (n, n["extreme"]):
+        bits = (e["centroids"] - 1).bit_length() / e["block_size"]  # one code of log2(k) bits per block
+        print(f"| blocks of {e['block_size']}, {e['centroids']} codewords | {bits:.1f} "
+              f"| {100 * e['accuracy_quant_noise_before_final_stage']:.2f}% -> "
+              f"**{100 * e['accuracy_quant_noise']:.2f}%** | {100 * e['accuracy_plain_qat_before_final_stage']:.2f}% "
+              f"-> **{100 * e['accuracy_plain_qat']:.2f}%** "
+              f"| {e['file_bytes_quant_noise']:,} / {e['file_bytes_plain_qat']:,} B |")
     m = r["mixed_precision"]
     print("\n| LeNet-5 post-training, bits a weight on average | one width for all | per-layer widths from "
           "sensitivity |\n|---|---|---|")

@@ -31,8 +31,8 @@ __all__ = [
     "ChannelPruneConfig", "ChecksumError", "Compressed", "ConfigError", "DataBundle", "DataError", "DistillConfig",
     "FormatError", "GaussianMixturePrior", "LowRankConfig", "ModelError", "ModelzipError", "PruneConfig",
     "QuantSpec", "QuantizeConfig", "Recipe", "SlimmingConfig", "SoftSharingConfig", "TrainConfig", "TruncatedError",
-    "UniformConfig", "allocate", "build", "compress", "dumps", "evaluate", "factorize_", "fit", "header", "iterative_prune",
-    "kd_loss", "load", "load_data", "load_recipe", "loads", "low_rank", "network_slimming", "obd_score", "predict",
-    "prepare_qat", "prune_", "prune_channels_", "quantize_", "quantize_weights_", "save", "soft_weight_sharing",
-    "strip", "trained_quantization", "uniform_quantization",
+    "UniformConfig", "allocate", "build", "compress", "dumps", "evaluate", "factorize_", "fit", "header",
+    "iterative_prune", "kd_loss", "load", "load_data", "load_recipe", "loads", "low_rank", "network_slimming",
+    "obd_score", "predict", "prepare_qat", "prune_", "prune_channels_", "quantize_", "quantize_weights_", "save",
+    "soft_weight_sharing", "strip", "trained_quantization", "uniform_quantization",
 ]

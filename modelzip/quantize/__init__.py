@@ -14,10 +14,10 @@ from .sharing import QuantizeConfig, SharedWeights, quantize_, trained_quantizat
 from .stage import UniformConfig, uniform_quantization
 from .uniform import Observer, QuantSpec, dequantize, fake_quantize, qparams, qrange, quantize
 
-__all__ = ["HashStructure", "HashedConv2d", "HashedLinear", "Init", "NoiseMode", "Observer", "PQConv2d", "PQLinear", "PQWeights",
-           "QATMethod", "QuantNoise", "QuantSpec", "QuantizeConfig", "QuantizedConv2d", "QuantizedLinear",
-           "RangeObserver", "SharedWeights", "UniformConfig", "bit_specs", "calibrate_activations", "dequantize",
-           "fake_quantize", "finish_quant_noise", "hash_", "initial_centroids", "int8_model", "kmeans_codebook",
-           "mixed_precision", "pack", "packed_size", "pq_bytes", "pq_decode", "pq_encode", "pq_quantize_",
-           "prepare_qat", "prepare_quant_noise", "qparams", "qrange", "quantize", "quantize_", "quantize_weights_",
-           "synthesize", "trained_quantization", "uniform_quantization", "unpack"]
+__all__ = ["HashStructure", "HashedConv2d", "HashedLinear", "Init", "NoiseMode", "Observer", "PQConv2d", "PQLinear",
+           "PQWeights", "QATMethod", "QuantNoise", "QuantSpec", "QuantizeConfig", "QuantizedConv2d",
+           "QuantizedLinear", "RangeObserver", "SharedWeights", "UniformConfig", "bit_specs", "calibrate_activations",
+           "dequantize", "fake_quantize", "finish_quant_noise", "hash_", "initial_centroids", "int8_model",
+           "kmeans_codebook", "mixed_precision", "pack", "packed_size", "pq_bytes", "pq_decode", "pq_encode",
+           "pq_quantize_", "prepare_qat", "prepare_quant_noise", "qparams", "qrange", "quantize", "quantize_",
+           "quantize_weights_", "synthesize", "trained_quantization", "uniform_quantization", "unpack"]
