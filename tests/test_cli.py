@@ -114,3 +114,18 @@ def test_compress_with_soft_weight_sharing_writes_the_pictures(tmp_path, capsys)
     assert "net-joint.png" in capsys.readouterr().out
     assert main(["eval", str(out), "--data", "digits"]) == 0
     assert float(capsys.readouterr().out.split("accuracy ")[1].split("%")[0]) > 85
+
+
+def test_int8_recipe_then_eval_on_int8_kernels(tmp_path, capsys):
+    weights, out = tmp_path / "w.pt", tmp_path / "m.mzip"
+    assert main(["train", "--model", "lenet-300-100", "--data", "digits", "--epochs", "20", "--out", str(weights)]) == 0
+    assert main(["compress", "--model", "lenet-300-100", "--weights", str(weights), "--data", "digits",
+                 "--recipe", "int8", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    assert "fc1.codes" in capsys.readouterr().out
+    assert main(["eval", str(out), "--data", "digits", "--int8", "--calibration", "128"]) == 0
+    shown = capsys.readouterr().out
+    accuracies = [float(line.split("accuracy ")[1].split("%")[0]) for line in shown.splitlines() if "accuracy" in line]
+    assert len(accuracies) == 2 and abs(accuracies[0] - accuracies[1]) < 2.0  # int8 kernels keep the accuracy
+    assert "batch 1" in shown and "batch 64" in shown

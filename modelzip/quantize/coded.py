@@ -44,7 +44,8 @@ class CodedLayer(nn.Module):
 
     def __init__(self, *args: Any, device: Any = None, dtype: torch.dtype | None = None, **kwargs: Any) -> None:
         super().__init__(*args, device=device, dtype=dtype, **kwargs)
-        self.weight_shape = tuple(self._parameters.pop("weight").shape)
+        weight = self._parameters.pop("weight")
+        self.weight_shape, self._device = tuple(weight.shape), weight.device
 
     @property
     def modelzip_coded_weights(self) -> int:
@@ -52,8 +53,7 @@ class CodedLayer(nn.Module):
         return math.prod(self.weight_shape)
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
-        device = self.bias.device if self.bias is not None else None
-        self.register_buffer(name, torch.zeros(shape, dtype=dtype, device=device))
+        self.register_buffer(name, torch.zeros(shape, dtype=dtype, device=self._device))
 
 
 class UniformCoded(CodedLayer):
@@ -72,9 +72,7 @@ class UniformCoded(CodedLayer):
 
     @property
     def weight(self) -> torch.Tensor:
-        shape = (-1,) + (1,) * (len(self.weight_shape) - 1)  # broadcast along the output channels
-        if not self.per_channel:
-            shape = ()
+        shape = (-1,) + (1,) * (len(self.weight_shape) - 1) if self.per_channel else ()  # along output channels
         return (self.codes.to(torch.int32) - self.zero_point.reshape(shape)).to(self.scale.dtype) \
             * self.scale.reshape(shape)
 

@@ -12,10 +12,15 @@ found on calibration data by modelzip's observers (uniform.py: minmax, percentil
 (QuantizedLinear / QuantizedConv2d from `quantize_weights_`: int8, int4, ternary, binary), the kernel
 computes with exactly those codes and scales, so the int8 model's weights are the ones the coded model
 was evaluated with; only its activations are newly rounded.
+
+torch 2.13 marks torch.ao.quantization as deprecated in favour of torchao's PT2E flow; it still works,
+and `modelzip export --qdq` (ONNX Runtime) is the route that does not depend on it.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from itertools import chain
 
 import torch
@@ -106,22 +111,34 @@ def int8_model(model: nn.Module, calibration: torch.Tensor | TensorDataset | Ite
         raise ConfigError("int8 calibration needs at least one input batch; got none")
     plain, coded = _decoded_copy(model)
     torch.backends.quantized.engine = backend
-    try:
-        prepared = prepare_fx(plain, _qconfig_mapping(observe, backend), example_inputs=(first,))
-    except Exception as exc:  # FX raises TraceError, TypeError, ... from inside the user's forward
-        raise ModelError(f"torch.fx cannot trace {type(model).__name__} for int8 execution "
-                         f"({type(exc).__name__}: {exc}); data-dependent control flow or non-tensor "
-                         "arguments in forward prevent symbolic tracing") from exc
-    with torch.no_grad():
-        for batch in chain([first], batches):
-            prepared(batch)
-    unfolded = [name for name, layer in coded.items() if _same_weight(prepared, name, layer)]
-    quantized = convert_fx(prepared)
-    exact = tuple(name for name in unfolded if isinstance(quantized.get_submodule(name), INT8_LAYERS))
-    for name in exact:
-        _set_codes(quantized.get_submodule(name), coded[name])
+    with _quiet_deprecations():
+        try:
+            prepared = prepare_fx(plain, _qconfig_mapping(observe, backend), example_inputs=(first,))
+        except Exception as exc:  # FX raises TraceError, TypeError, ... from inside the user's forward
+            raise ModelError(f"torch.fx cannot trace {type(model).__name__} for int8 execution "
+                             f"({type(exc).__name__}: {exc}); data-dependent control flow or non-tensor "
+                             "arguments in forward prevent symbolic tracing") from exc
+        with torch.no_grad():
+            for batch in chain([first], batches):
+                prepared(batch)
+        unfolded = [name for name, layer in coded.items() if _same_weight(prepared, name, layer)]
+        quantized = convert_fx(prepared)
+        exact = tuple(name for name in unfolded if isinstance(quantized.get_submodule(name), INT8_LAYERS))
+        for name in exact:
+            _set_codes(quantized.get_submodule(name), coded[name])
     quantized.modelzip_exact_codes = exact
     return quantized
+
+
+@contextmanager
+def _quiet_deprecations() -> Iterator[None]:
+    """Silence torch 2.13's notices that torch.ao's eager/FX quantization (and its reduce_range and quantized
+    tensor constructors) will go: this module is built on them while they work, and its docstring says so."""
+    with warnings.catch_warnings():
+        for message in ("torch.ao.quantization is deprecated", ".*reduce_range will be deprecated",
+                        ".*quantized tensor creation functions"):
+            warnings.filterwarnings("ignore", message=message)
+        yield
 
 
 def _batches(calibration: torch.Tensor | TensorDataset | Iterable[object]) -> Iterator[torch.Tensor]:

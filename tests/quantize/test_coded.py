@@ -131,3 +131,9 @@ def test_a_bad_quantize_edit_is_refused(lenet):
     model.modelzip_arch["edits"][0]["kind"] = "fp4"
     with pytest.raises(ModelError, match="quantize edit of layer 'conv1': unknown coded layer 'fp4'"):
         io.loads(io.dumps(model))
+
+
+def test_code_buffers_live_where_the_layer_was_built():
+    layer = QuantizedConv2d(3, 4, 3, bias=False, bits=4, device="meta")
+    assert layer.codes.is_meta and layer.scale.is_meta and layer.weight.shape == (4, 3, 3, 3)
+    assert "weight" not in dict(layer.named_parameters()) and layer.modelzip_coded_weights == 108

@@ -16,8 +16,6 @@ from modelzip.quantize.uniform import mse_range, percentile_range
 from modelzip.train import TrainConfig, evaluate, fit
 
 SHAPE = (1, 8, 8)
-pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),  # torch.ao's deprecation notes
-              pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 
 @pytest.fixture(autouse=True)
