@@ -15,6 +15,8 @@ and `latency` alone, after `weights`, on a quiet machine):
 - data_free: a batch-norm CNN (the VGG-BN of the structured benchmark) run in int8 with activation ranges
   calibrated on 512 real training images or on 512 images synthesized from its batch-norm statistics:
   data_free_int8 {accuracy_float, accuracy_real_calibration, accuracy_data_free, accuracy_noise_calibration}.
+- data_free_qat: the same network at 3-bit weights, post-training, and after QAT by distillation from the
+  float network (soft targets only) on 1,024 synthesized images or on 1,024 real ones: data_free_qat.
 - quant_noise: LeNet-5's conv2 and fc1 product-quantized (iPQ: blocks of 5, 256 codewords, 1.6 bits a
   weight; and `extreme`: blocks of 10, 32 codewords, 0.5 bits) and fine-tuned with Quant-Noise (p = 0.1)
   or with plain iPQ QAT (p = 1), then both re-clustered and their codebooks fine-tuned, same size:
@@ -37,9 +39,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 import modelzip
 from modelzip.data import sample
+from modelzip.distill import DistillConfig, distill
 from modelzip.export import argmax_agreement, export_onnx
 from modelzip.profile import compare_latency
 from modelzip.layers import independent_copy, strip
@@ -116,11 +120,16 @@ def latency(data: modelzip.DataBundle) -> dict:
     return {name: results[name] for name in CODED}
 
 
+def vgg_bn(data: modelzip.DataBundle) -> nn.Module:
+    """The slimming benchmark's batch-norm CNN (trained with its L1 penalty on the scales, not pruned)."""
+    penalty = 3e-3
+    return cached(f"vgg-bn-l1-{penalty}", "vgg-bn", data, lambda m: fit(
+        m, data.train, TRAIN, loss_fn=scale_penalty(m, penalty), desc="vgg-bn sparsity")).eval()
+
+
 @section
 def data_free(data: modelzip.DataBundle) -> dict:
-    penalty = 3e-3  # the slimming benchmark's network: reuse its cached training
-    model = cached(f"vgg-bn-l1-{penalty}", "vgg-bn", data, lambda m: fit(
-        m, data.train, TRAIN, loss_fn=scale_penalty(m, penalty), desc="vgg-bn sparsity")).eval()
+    model = vgg_bn(data)
     real = sample(data.train, 512, seed=0).tensors[0]
     synthetic = synthesize(model, data.input_shape, 512, steps=300, seed=0)
     noise = torch.randn(512, *data.input_shape, generator=torch.Generator().manual_seed(0))
@@ -130,6 +139,26 @@ def data_free(data: modelzip.DataBundle) -> dict:
         "accuracy_data_free": evaluate(int8_model(model, synthetic), data.test),
         "accuracy_noise_calibration": evaluate(int8_model(model, noise), data.test),
         "calibration_images": 512, "synthesis_steps": 300}}
+
+
+@section
+def data_free_qat(data: modelzip.DataBundle) -> dict:
+    """3-bit weights, where post-training quantization costs points: QAT by distillation from the float net
+    (soft targets only, no labels) on 1,024 synthesized images, against the same on 1,024 real ones."""
+    model = vgg_bn(data)
+    out = {"bits": 3, "images": 1024, "accuracy_float": evaluate(model, data.test)}
+    post = copy.deepcopy(model)
+    quantize_weights_(post, QuantSpec(3, per_channel=True))
+    out["accuracy_post_training"] = evaluate(post, data.test)
+    synthetic = synthesize(model, data.input_shape, 1024, steps=300, seed=1)
+    for key, images in (("data_free", synthetic), ("real_images", sample(data.train, 1024, seed=0).tensors[0])):
+        student = copy.deepcopy(model)
+        prepare_qat(student, QuantSpec(3, per_channel=True))
+        distill(student, model, TensorDataset(images), DistillConfig(temperature=4.0, alpha=1.0, train=TrainConfig(
+            epochs=10, batch_size=64, lr=1e-4)), desc=f"3-bit QAT, {key}")
+        quantize_weights_(student)
+        out[f"accuracy_distilled_{key}"] = evaluate(student, data.test)
+    return {"data_free_qat": out}
 
 
 @section

@@ -227,6 +227,13 @@ def quantization() -> None:
                                               "statistics (no data)"),
                        ("accuracy_noise_calibration", f"{d['calibration_images']} N(0, 1) noise images")):
         print(f"| {label} | {100 * d[key]:.2f}% |")
+    q = r["data_free_qat"]
+    print(f"\n| VGG-BN, {q['bits']}-bit weights (float {100 * q['accuracy_float']:.2f}%) | accuracy |\n|---|---|")
+    print(f"| post-training, no data | {100 * q['accuracy_post_training']:.2f}% |")
+    print(f"| QAT distilled from the float network on {q['images']:,} synthesized images (no data) "
+          f"| **{100 * q['accuracy_distilled_data_free']:.2f}%** |")
+    print(f"| QAT distilled on {q['images']:,} real training images (no labels) "
+          f"| {100 * q['accuracy_distilled_real_images']:.2f}% |")
     n = r["quant_noise"]
     print("\n| LeNet-5, conv2 and fc1 by iPQ | bits a weight | Quant-Noise p = 0.1: trained -> final "
           "| plain iPQ QAT (p = 1): trained -> final | .mzip file |\n|---|---|---|---|---|")
