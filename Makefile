@@ -24,3 +24,4 @@ benchmarks: setup
 	$(PY) benchmarks/deep_compression.py
 	$(PY) benchmarks/soft_weight_sharing.py
 	$(PY) benchmarks/structured.py
+	$(PY) benchmarks/quantization.py
