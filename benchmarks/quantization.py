@@ -25,7 +25,8 @@ and `latency` alone, after `weights`, on a quiet machine):
   (HashedNets) or as the entries of a product of two thin matrices (structured multi-hashing, per
   layer), fitted to the trained network by least squares, then trained 4 epochs: accuracy, file bytes.
 - onnx: LeNet-5 exported to ONNX (float, and QDQ int8 calibrated on 1,000 training images); ONNX Runtime's
-  predictions on the 10,000 test images against PyTorch's: onnx_argmax_agreement (float), onnx_qdq.
+  predictions on the 10,000 test images against PyTorch's: onnx_argmax_agreement (float), onnx_qdq (its
+  agreement, accuracy, and ONNX Runtime's latency float / QDQ; run it alone too, it times).
 - mixed: LeNet-5 post-training at 2.5 and 3 bits per weight on average: per-layer widths from the
   sensitivity analysis (on 5,000 training images) against the widest single width within the budget.
 Trained networks are cached in benchmarks/results/files/.
@@ -44,7 +45,7 @@ from torch.utils.data import TensorDataset
 import modelzip
 from modelzip.data import sample
 from modelzip.distill import DistillConfig, distill
-from modelzip.export import argmax_agreement, export_onnx
+from modelzip.export import OnnxModel, argmax_agreement, export_onnx
 from modelzip.profile import compare_latency
 from modelzip.layers import independent_copy, strip
 from modelzip.quantize import (QuantSpec, bit_specs, finish_quant_noise, hash_, int8_model, mixed_precision,
@@ -212,9 +213,16 @@ def onnx(data: modelzip.DataBundle) -> dict:
         path, qdq = Path(tmp) / "lenet-5.onnx", Path(tmp) / "lenet-5-qdq.onnx"
         float_bytes = export_onnx(model, path)
         qdq_bytes = export_onnx(model, qdq, qdq=True, calibration=calibration)
-        return {"onnx_argmax_agreement": argmax_agreement(model, path, images),
-                "onnx_qdq": {"argmax_agreement": argmax_agreement(model, qdq, images),
-                             "float_bytes": float_bytes, "qdq_bytes": qdq_bytes}}
+        runners = {"pytorch": model, "ort": OnnxModel(path), "ort_qdq": OnnxModel(qdq)}
+        out = {"onnx_argmax_agreement": argmax_agreement(model, path, images),
+               "onnx_qdq": {"argmax_agreement": argmax_agreement(model, qdq, images), "float_bytes": float_bytes,
+                            "qdq_bytes": qdq_bytes, "accuracy_pytorch": evaluate(model, data.test),
+                            "accuracy_qdq": evaluate(runners["ort_qdq"], data.test)}}
+        for batch, rounds in ((1, 400), (64, 60)):  # ONNX Runtime's int8 kernels against its float ones
+            times = compare_latency(runners, torch.randn(batch, *data.input_shape), rounds=rounds)
+            out["onnx_qdq"][f"latency_ratio_b{batch}"] = times["ort"] / times["ort_qdq"]
+            out["onnx_qdq"][f"ort_over_pytorch_b{batch}"] = times["pytorch"] / times["ort"]
+        return out
 
 
 @section

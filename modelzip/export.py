@@ -49,16 +49,27 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
     return len(data)
 
 
+class OnnxModel(nn.Module):
+    """An ONNX file run by ONNX Runtime on the CPU behind nn.Module's call: `evaluate`, `predict` and
+    `profile.compare_latency` take it like any model (it has no parameters and ignores train/eval)."""
+
+    def __init__(self, path_or_bytes: str | Path | bytes, *, threads: int = 1) -> None:
+        super().__init__()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        source = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input_name: x.detach().cpu().float().numpy()})[0])
+
+
 def onnx_predict(path_or_bytes: str | Path | bytes, x: torch.Tensor, batch_size: int = 256, *,
                  threads: int = 1) -> torch.Tensor:
     """Logits ONNX Runtime (CPU) computes for inputs `x`, batch by batch: (N, classes)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    source = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    out = [session.run(None, {name: b.detach().cpu().float().numpy()})[0] for b in x.split(batch_size)]
-    return torch.from_numpy(np.concatenate(out))
+    model = OnnxModel(path_or_bytes, threads=threads)
+    return torch.cat([model(b) for b in x.split(batch_size)])
 
 
 def argmax_agreement(model: nn.Module, path: str | Path | bytes, x: torch.Tensor) -> float:

@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 import modelzip
 from modelzip.cli import main
 from modelzip.data import batches
-from modelzip.export import argmax_agreement, export_onnx, onnx_predict
+from modelzip.export import OnnxModel, argmax_agreement, export_onnx, onnx_predict
 from modelzip.quantize import hash_, quantize_weights_
 from modelzip.structured import ChannelPruneConfig, prune_channels_
 from modelzip.train import evaluate, predict
@@ -84,7 +84,8 @@ def test_qdq_export_is_int8_smaller_and_agrees(trained_lenet, digits, tmp_path):
         assert list(weights[f"{layer}.weight_scale"].dims) == [out_features]  # per output channel
         assert not any(weights[f"{layer}.weight_zero_point"].int32_data)  # symmetric
     agreement = argmax_agreement(trained_lenet, tmp_path / "int8.onnx", x)
-    onnx_accuracy = (onnx_predict(tmp_path / "int8.onnx", x).argmax(1) == digits.test.tensors[1]).float().mean().item()
+    onnx_accuracy = evaluate(OnnxModel(tmp_path / "int8.onnx"), digits.test)  # ORT behind nn.Module's call
+    assert onnx_accuracy == (onnx_predict(tmp_path / "int8.onnx", x).argmax(1) == digits.test.tensors[1]).float().mean()
     assert agreement > 0.95 and onnx_accuracy > evaluate(trained_lenet, digits.test) - 0.02
     # the same inputs as a tensor or as batches give the same file (same batches, deterministic MinMax calibration)
     for calibration in digits.train.tensors[0], batches(digits.train, 64, shuffle=False):

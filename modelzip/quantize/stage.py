@@ -48,6 +48,11 @@ class UniformConfig:
             raise ConfigError("Quant-Noise is a training method for uniform codes: give `train`, keep method uniform")
         if self.mixed is not None and self.layers:
             raise ConfigError("give per-layer bits (`layers`) or a mixed-precision budget (`mixed`), not both")
+        if self.noise is not None and (self.layers or self.mixed is not None):
+            raise ConfigError("Quant-Noise takes one width for all layers; drop `layers` / `mixed`")
+        if self.mixed is not None and self.method in (QATMethod.BINARY, QATMethod.TERNARY):
+            raise ConfigError(f"{self.method.value} weights have one width; a mixed-precision budget needs uniform "
+                              "or lsq")
 
     def spec(self, bits: int | None = None) -> QuantSpec:
         return QuantSpec(self.bits if bits is None else bits, self.symmetric, self.per_channel)
@@ -64,8 +69,6 @@ def uniform_quantization(model: nn.Module, train: TensorDataset, config: Uniform
                   bit_specs(chosen, symmetric=config.symmetric, per_channel=config.per_channel).items()}
     if config.train is not None:
         if config.noise is not None:
-            if layers:
-                raise ConfigError("Quant-Noise takes one width for all layers; drop `layers` / `mixed`")
             prepare_quant_noise(model, config.noise, NoiseMode.SCALAR, config.spec(), observe=config.observe)
         else:
             prepare_qat(model, config.spec(), layers=layers, method=config.method, observe=config.observe)

@@ -58,6 +58,8 @@ def test_mixed_precision_stage_meets_its_budget(digits, trained_lenet):
     ({"method": "binary"}, "binary weights need training"),
     ({"noise": 0.1}, "Quant-Noise is a training method"),
     ({"mixed": 4.0, "layers": {"fc1": 8}}, "not both"),
+    ({"noise": 0.1, "mixed": 3.0, "train": {"epochs": 1}}, "Quant-Noise takes one width for all layers"),
+    ({"method": "binary", "mixed": 3.0, "train": {"epochs": 1}}, "binary weights have one width"),
     ({"bits": 9}, "uniform quantization takes bits in 2..8"),
     ({"method": "fp8"}, "'fp8' is not one of uniform, lsq, binary, ternary"),
 ])
