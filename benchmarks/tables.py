@@ -266,7 +266,8 @@ def quantization() -> None:
     print("\n| ONNX export of LeNet-5, ONNX Runtime on the 10,000 test images | file | argmax agreement with PyTorch "
           "| accuracy | ORT latency ratio b1 / b64 |\n|---|---|---|---|---|")
     print(f"| float | {o['float_bytes']:,} B | {100 * r['onnx_argmax_agreement']:.2f}% "
-          f"| {100 * o['accuracy_pytorch']:.2f}% | 1 / 1 (itself {o['ort_over_pytorch_b1']:.2f}x / {o['ort_over_pytorch_b64']:.2f}x faster than PyTorch) |")
+          f"| {100 * o['accuracy_pytorch']:.2f}% | 1 / 1 (itself {o['ort_over_pytorch_b1']:.2f}x / "
+          f"{o['ort_over_pytorch_b64']:.2f}x faster than PyTorch) |")
     print(f"| QDQ int8 | {o['qdq_bytes']:,} B | {100 * o['argmax_agreement']:.2f}% | {100 * o['accuracy_qdq']:.2f}% "
           f"| **{o['latency_ratio_b1']:.2f}x / {o['latency_ratio_b64']:.2f}x** |")
 
