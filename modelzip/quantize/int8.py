@@ -11,7 +11,9 @@ found on calibration data by modelzip's observers (uniform.py: minmax, percentil
 -> ReLU and Linear -> ReLU run as one fused kernel. Where a layer already holds symmetric int8 codes
 (QuantizedLinear / QuantizedConv2d from `quantize_weights_`: int8, int4, ternary, binary), the kernel
 computes with exactly those codes and scales, so the int8 model's weights are the ones the coded model
-was evaluated with; only its activations are newly rounded.
+was evaluated with; only its activations are newly rounded. A batch norm after a layer is folded into it
+by FX, which changes the weight: fold them first (`modelzip.structured.fold_batch_norms_`), then quantize,
+and the folded codes are the ones that run.
 
 torch 2.13 marks torch.ao.quantization as deprecated in favour of torchao's PT2E flow; it still works,
 and `modelzip export --qdq` (ONNX Runtime) is the route that does not depend on it.
@@ -113,7 +115,8 @@ def int8_model(model: nn.Module, calibration: torch.Tensor | TensorDataset | Ite
     torch.backends.quantized.engine = backend
     with _quiet_deprecations():
         try:
-            prepared = prepare_fx(plain, _qconfig_mapping(observe, backend), example_inputs=(first,))
+            prepared = prepare_fx(_without_identities(plain), _qconfig_mapping(observe, backend),
+                                  example_inputs=(first,))
         except Exception as exc:  # FX raises TraceError, TypeError, ... from inside the user's forward
             raise ModelError(f"torch.fx cannot trace {type(model).__name__} for int8 execution "
                              f"({type(exc).__name__}: {exc}); data-dependent control flow or non-tensor "
@@ -128,6 +131,18 @@ def int8_model(model: nn.Module, calibration: torch.Tensor | TensorDataset | Ite
             _set_codes(quantized.get_submodule(name), coded[name])
     quantized.modelzip_exact_codes = exact
     return quantized
+
+
+def _without_identities(model: nn.Module) -> torch.fx.GraphModule:
+    """`model` traced, with its nn.Identity calls bypassed: a batch norm folded away (`fold_batch_norms_`)
+    leaves an Identity between a conv and its ReLU, which would keep FX from fusing them into one kernel."""
+    traced = torch.fx.symbolic_trace(model)
+    for node in list(traced.graph.nodes):
+        if node.op == "call_module" and isinstance(traced.get_submodule(node.target), nn.Identity):
+            node.replace_all_uses_with(node.args[0])
+            traced.graph.erase_node(node)
+    traced.recompile()
+    return traced
 
 
 @contextmanager

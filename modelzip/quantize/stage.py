@@ -16,6 +16,7 @@ from torch.utils.data import TensorDataset
 from ..data import sample
 from ..errors import ConfigError
 from ..layers import literal_pattern
+from ..structured import fold_batch_norms_
 from ..train import LossFn, TrainConfig, cross_entropy, evaluate, fit
 from .coded import quantize_weights_
 from .mixed import bit_specs, mixed_precision
@@ -38,6 +39,7 @@ class UniformConfig:
     noise: float | None = None  # Quant-Noise rate p: quantize only this fraction of blocks per step
     train: TrainConfig | None = None  # fine-tuning through the quantizer; none: post-training quantization
     examples: int = 2000  # training examples that score each layer's sensitivity for `mixed`
+    fold: bool = False  # fold batch norms into their conv/linear first: the stored codes are what int8 kernels run
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", QATMethod(self.method))
@@ -61,6 +63,8 @@ class UniformConfig:
 def uniform_quantization(model: nn.Module, train: TensorDataset, config: UniformConfig = UniformConfig(), *,
                          test: TensorDataset | None = None, loss_fn: LossFn = cross_entropy) -> dict[str, str]:
     """Quantize `model` in place as `config` says; returns what each layer became ("4-bit", ...)."""
+    if config.fold:
+        fold_batch_norms_(model)
     layers = {pattern: config.spec(bits) for pattern, bits in config.layers.items()}
     if config.mixed is not None:
         held_out = sample(train, config.examples, seed=config.train.seed if config.train else 0)

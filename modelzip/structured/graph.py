@@ -81,7 +81,10 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
     return _Tracer(model, input_shape).run()
 
 
-class _LeafTracer(fx.Tracer):
+class LeafTracer(fx.Tracer):
+    """An FX tracer that keeps every module without children whole: compressed and custom layers (a
+    parametrized Linear, a coded or hashed layer) stay one call_module node, named as in the model."""
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return not any(True for _ in m.children()) or super().is_leaf_module(m, qualname)
 
@@ -97,7 +100,7 @@ class _Tracer:
 
     def run(self) -> ChannelGraph:
         try:
-            graph = _LeafTracer().trace(self.model)
+            graph = LeafTracer().trace(self.model)
         except Exception as exc:  # fx raises many types for data-dependent control flow
             raise ModelError(f"cannot trace {type(self.model).__name__} with torch.fx: {exc}") from None
         gm = fx.GraphModule(self.model, graph)

@@ -3,12 +3,13 @@ import copy
 import dataclasses
 
 import pytest
+import torch
 
 import modelzip
 from modelzip.errors import ConfigError
-from modelzip.quantize import QuantizedLinear, UniformConfig, uniform_quantization
+from modelzip.quantize import QuantizedLinear, UniformConfig, int8_model, uniform_quantization
 from modelzip.recipes import Recipe, from_mapping, load_recipe
-from modelzip.train import TrainConfig, evaluate
+from modelzip.train import TrainConfig, evaluate, fit
 
 
 def test_int8_recipe_keeps_accuracy_at_a_quarter_of_the_size(digits, trained_lenet):
@@ -73,3 +74,16 @@ def test_a_recipe_quantizes_one_way():
     with pytest.raises(ConfigError, match="one of soft_sharing, quantize and uniform, got quantize and uniform"):
         dataclasses.replace(load_recipe("deep-compression"), uniform=UniformConfig())
     assert Recipe(uniform=UniformConfig(bits=6)).uniform.spec().bits == 6
+
+
+def test_folding_first_makes_the_stored_codes_the_ones_int8_kernels_run(digits):
+    model = modelzip.build("vgg-bn", digits.input_shape, digits.num_classes, widths=[8, "M", 16], hidden=16)
+    fit(model, digits.train, TrainConfig(epochs=3))
+    plain, folded = copy.deepcopy(model), copy.deepcopy(model)
+    uniform_quantization(plain, digits.train, UniformConfig(bits=8))
+    uniform_quantization(folded, digits.train, UniformConfig(bits=8, fold=True))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert abs(evaluate(folded, digits.test) - evaluate(plain, digits.test)) < 0.02
+    calibration = digits.train.tensors[0][:256]
+    assert "conv1" not in int8_model(plain, calibration).modelzip_exact_codes
+    assert {"conv1", "conv2"} <= set(int8_model(folded, calibration).modelzip_exact_codes)
