@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
 
@@ -23,11 +23,12 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from .atomic import atomic_write
+from .data import Calibration, calibration_batches
 from .errors import ConfigError, ModelError
+from .layers import eval_mode, require_finite
 from .models import input_shape_of
 from .train import predict
 
-Calibration = torch.Tensor | TensorDataset | Iterable[torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]]
 CALIBRATION_BATCH = 64  # inputs per calibration run: the batch axis is dynamic, so any size works
 
 
@@ -89,42 +90,34 @@ def _input_shape(model: nn.Module, input_shape: tuple[int, ...] | None) -> tuple
 
 def _export_float(model: nn.Module, shape: tuple[int, ...], opset: int) -> bytes:
     """The float ONNX bytes, traced on CPU in eval mode; the model's device and train/eval flags are restored."""
-    for name, tensor in chain(model.named_parameters(), model.named_buffers()):
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ModelError(f"tensor {name!r} holds NaN or infinite values; refusing to export a broken model")
+    require_finite(chain(model.named_parameters(), model.named_buffers()), "export")
     device = next(chain(model.parameters(), model.buffers()), torch.empty(0)).device
-    flags = {m: m.training for m in model.modules()}
     example = torch.zeros(2, *shape)  # batch 2: a batch of 1 lets the tracer specialise reshapes to it
     buffer = io.BytesIO()
     try:
-        model.cpu().eval()
-        try:
-            with torch.no_grad():
-                model(example)
-        except Exception as exc:  # shape mismatches surface as RuntimeError, ValueError, IndexError, ...
-            raise ConfigError(f"{type(model).__name__} does not take inputs of shape {shape}: {exc}") from None
-        try:
-            with warnings.catch_warnings():  # TracerWarnings (the trace may not generalise) still show
-                warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's, as a whole
-                torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset,
-                                  input_names=["input"], output_names=["logits"],
-                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-        except Exception as exc:  # torch raises many types (UnsupportedOperatorError, RuntimeError, ...)
-            raise ModelError(f"cannot export {type(model).__name__} to ONNX: {type(exc).__name__}: {exc}") from None
+        with eval_mode(model.cpu()):
+            try:
+                with torch.no_grad():
+                    model(example)
+            except Exception as exc:  # shape mismatches surface as RuntimeError, ValueError, IndexError, ...
+                raise ConfigError(f"{type(model).__name__} does not take inputs of shape {shape}: {exc}") from None
+            try:
+                with warnings.catch_warnings():  # TracerWarnings (the trace may not generalise) still show
+                    warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's, as a whole
+                    torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset,
+                                      input_names=["input"], output_names=["logits"],
+                                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            except Exception as exc:  # torch raises many types (UnsupportedOperatorError, RuntimeError, ...)
+                raise ModelError(f"cannot export {type(model).__name__} to ONNX: {type(exc).__name__}: {exc}"
+                                 ) from None
     finally:
         model.to(device)
-        for module, training in flags.items():
-            module.training = training
     return buffer.getvalue()
 
 
 def _calibration_arrays(calibration: Calibration, shape: tuple[int, ...]) -> list[np.ndarray]:
     """Calibration inputs as float32 arrays of (batch, *shape), checked before the quantizer sees them."""
-    if isinstance(calibration, TensorDataset):
-        calibration = calibration.tensors[0]
-    if isinstance(calibration, torch.Tensor):
-        calibration = calibration.split(CALIBRATION_BATCH)
-    arrays = [(b[0] if isinstance(b, (list, tuple)) else b).detach().cpu().float().numpy() for b in calibration]
+    arrays = [b.detach().float().numpy() for b in calibration_batches(calibration, CALIBRATION_BATCH)]
     for a in arrays:
         if a.shape[1:] != shape:
             raise ConfigError(f"calibration inputs must be (N, {', '.join(map(str, shape))}), got {a.shape}")

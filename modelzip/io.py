@@ -15,7 +15,7 @@ from torch import nn
 from . import codec
 from .atomic import atomic_write
 from .errors import FormatError, ModelError
-from .layers import parameter_count, plain_state_dict
+from .layers import parameter_count, plain_state_dict, require_finite
 from .models import apply_edits, arch_of, rebuild
 from .models.edits import ARCH_ATTR
 
@@ -28,11 +28,9 @@ def dumps(model: nn.Module, *, arch: dict[str, Any] | None = None, meta: dict[st
     `arch` says how to rebuild the module (default: the record `modelzip.models.build` attached);
     `meta` is any JSON object to keep in the header (data set, accuracy, recipe, ...).
     """
-    tensors = {}
-    for name, tensor in plain_state_dict(model).items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ModelError(f"tensor {name!r} holds NaN or infinite values; refusing to save a broken model")
-        tensors[name] = tensor.detach().cpu().contiguous().numpy()
+    state = plain_state_dict(model)
+    require_finite(state.items(), "save")
+    tensors = {name: tensor.detach().cpu().contiguous().numpy() for name, tensor in state.items()}
     header = {"format": FORMAT_NAME, "arch": arch if arch is not None else arch_of(model), **(meta or {})}
     return codec.dumps(tensors, header)
 

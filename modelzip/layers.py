@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -153,6 +154,25 @@ def parameter_count(model: nn.Module) -> int:
              if "parametrizations." not in n or n.endswith(".original")}
     coded = sum(getattr(m, "modelzip_coded_weights", 0) for m in model.modules())
     return coded + sum(t.numel() for k, t in plain_state_dict(model).items() if k in names)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode for the block; every module's own training flag is restored after, however it ends."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def require_finite(named: Iterable[tuple[str, torch.Tensor]], doing: str) -> None:
+    """ModelError naming the first floating-point tensor that holds NaN or infinite values: refuse `doing`."""
+    for name, tensor in named:
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ModelError(f"tensor {name!r} holds NaN or infinite values; refusing to {doing} a broken model")
 
 
 def independent_copy(model: nn.Module) -> nn.Module:

@@ -32,7 +32,7 @@ from rich.table import Table
 from torch import nn
 
 from .errors import ConfigError, ModelError
-from .layers import parameter_count
+from .layers import eval_mode, parameter_count
 from .models.activations import LMA
 
 MacCounter = Callable[[nn.Module, tuple[Any, ...], torch.Tensor], int]
@@ -279,14 +279,8 @@ def _example(model: nn.Module, input_shape: tuple[int, ...], batch: int) -> torc
 @contextmanager
 def _inference(model: nn.Module) -> Iterator[None]:
     """Eval mode under inference_mode, restoring each module's own training flag afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    with eval_mode(model), torch.inference_mode():
+        yield
 
 
 @contextmanager

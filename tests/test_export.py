@@ -105,6 +105,8 @@ def test_errors_name_the_problem_and_leave_no_file(digits, tmp_path):
         export_onnx(model, path, qdq=True)
     with pytest.raises(modelzip.ConfigError, match="calibration inputs must be"):
         export_onnx(model, path, qdq=True, calibration=torch.rand(5, 1, 9, 9))
+    with pytest.raises(modelzip.ConfigError, match="calibration batches must be tensors .* got str"):
+        export_onnx(model, path, qdq=True, calibration=["images"])
     with pytest.raises(modelzip.ConfigError, match=re.escape("inputs of shape (1, 9, 9)")):
         export_onnx(model, path, (1, 9, 9))
     with pytest.raises(modelzip.ConfigError, match="does not record its input shape"):

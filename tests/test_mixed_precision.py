@@ -1,3 +1,4 @@
+import fnmatch
 import math
 from collections import OrderedDict
 
@@ -166,3 +167,5 @@ def test_bit_specs_feed_qat_the_same_grid_as_the_applier(trained):
     assert all(torch.equal(getattr(qat, n).weight, getattr(reference, n).weight) for n in chosen)
     with pytest.raises(ConfigError, match="2..8, got 4.5"):
         bit_specs({"fc1": 4.5})
+    (pattern,) = bit_specs({"blocks[0]*": 3})  # a layer name with wildcard characters matches only itself
+    assert fnmatch.fnmatchcase("blocks[0]*", pattern) and not fnmatch.fnmatchcase("blocks0x", pattern)

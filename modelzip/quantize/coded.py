@@ -52,6 +52,16 @@ class CodedLayer(nn.Module):
         """The weights the codes stand for, which `layers.parameter_count` counts as parameters."""
         return math.prod(self.weight_shape)
 
+    def decoded(self) -> nn.Module:
+        """The plain nn.Linear / nn.Conv2d computing what this layer does, its weight a real Parameter
+        (for code that needs one, such as torch.ao's int8 conversion)."""
+        plain = (nn.Linear if isinstance(self, nn.Linear) else nn.Conv2d)(**layer_args(self)).train(self.training)
+        with torch.no_grad():
+            plain.weight.copy_(self.weight)
+            if self.bias is not None:
+                plain.bias.copy_(self.bias)
+        return plain
+
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
         self.register_buffer(name, torch.zeros(shape, dtype=dtype, device=self._device))
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, ModelError
+from ..layers import eval_mode
 from .uniform import Observer, QuantSpec, Range
 from .uniform import observer as range_fn
 
@@ -177,15 +178,12 @@ def _prior(x: torch.Tensor) -> torch.Tensor:
 @contextmanager
 def _frozen(model: nn.Module) -> Iterator[None]:
     """`model` in eval mode with no parameter requiring grad; every module's mode and flag restored after."""
-    modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in flags:
-            p.requires_grad_(flag)
+    with eval_mode(model):
+        try:
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)

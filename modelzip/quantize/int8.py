@@ -21,7 +21,7 @@ and `modelzip export --qdq` (ONNX Runtime) is the route that does not depend on 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import chain
 
@@ -31,12 +31,11 @@ from torch.ao.nn import quantized as nnq
 from torch.ao.quantization import QConfig, QConfigMapping, get_default_qconfig_mapping
 from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver, default_per_channel_weight_observer
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-from torch.utils.data import TensorDataset
-
+from ..data import Calibration, calibration_batches
 from ..errors import ConfigError, ModelError
 from ..layers import independent_copy, strip
 from ..models.edits import replace_module
-from .coded import CodedLayer, layer_args, UniformCoded
+from .coded import CodedLayer, UniformCoded
 from .uniform import Observer, QuantSpec, observer
 
 BACKENDS = ("x86", "fbgemm", "onednn", "qnnpack")
@@ -87,7 +86,7 @@ class RangeObserver(MinMaxObserver):
         return self._calculate_qparams(lo, hi)
 
 
-def int8_model(model: nn.Module, calibration: torch.Tensor | TensorDataset | Iterable[object], *,
+def int8_model(model: nn.Module, calibration: Calibration, *,
                observe: Observer | str = Observer.MINMAX, backend: str = "x86") -> nn.Module:
     """A new module (a torch.fx GraphModule) that runs `model` with int8 weights and activations on CPU.
 
@@ -107,7 +106,7 @@ def int8_model(model: nn.Module, calibration: torch.Tensor | TensorDataset | Ite
         raise ConfigError(f"unknown int8 backend {backend!r} (this torch has: "
                           f"{', '.join(b for b in BACKENDS if b in torch.backends.quantized.supported_engines)})")
     observer(observe)  # ConfigError for an unknown name, before any work
-    batches = _batches(calibration)
+    batches = calibration_batches(calibration, CALIBRATION_BATCH)
     first = next(batches, None)
     if first is None:
         raise ConfigError("int8 calibration needs at least one input batch; got none")
@@ -156,26 +155,6 @@ def _quiet_deprecations() -> Iterator[None]:
         yield
 
 
-def _batches(calibration: torch.Tensor | TensorDataset | Iterable[object]) -> Iterator[torch.Tensor]:
-    if isinstance(calibration, TensorDataset):
-        calibration = calibration.tensors[0]
-    if isinstance(calibration, torch.Tensor):
-        if calibration.dim() < 1 or not len(calibration):
-            raise ConfigError("calibration inputs must be a non-empty batch (N, ...), "
-                              f"got shape {tuple(calibration.shape)}")
-        return (x.cpu() for x in calibration.split(CALIBRATION_BATCH))
-    return (_inputs(item) for item in calibration)
-
-
-def _inputs(item: object) -> torch.Tensor:
-    """The input tensor of one calibration batch: the tensor itself, or the first of (inputs, labels)."""
-    if isinstance(item, (tuple, list)) and item:
-        item = item[0]
-    if not isinstance(item, torch.Tensor):
-        raise ConfigError(f"calibration batches must be tensors or (inputs, labels) pairs, got {type(item).__name__}")
-    return item.cpu()
-
-
 def _decoded_copy(model: nn.Module) -> tuple[nn.Module, dict[str, UniformCoded]]:
     """A CPU eval copy of `model` with plain weights, and its coded layers whose codes an int8 kernel can take."""
     plain = strip(independent_copy(model)).cpu().eval()
@@ -185,13 +164,7 @@ def _decoded_copy(model: nn.Module) -> tuple[nn.Module, dict[str, UniformCoded]]
             continue
         if not name:
             raise ModelError(f"the model itself is a {type(layer).__name__}; wrap it (nn.Sequential) for int8")
-        base = nn.Linear if isinstance(layer, nn.Linear) else nn.Conv2d
-        decoded = base(**layer_args(layer)).eval()
-        with torch.no_grad():
-            decoded.weight.copy_(layer.weight)
-            if layer.bias is not None:
-                decoded.bias.copy_(layer.bias)
-        replace_module(plain, name, decoded)
+        replace_module(plain, name, layer.decoded())
         if isinstance(layer, UniformCoded) and layer.codes.dtype == torch.int8 and not layer.zero_point.any():
             exact[name] = layer
     return plain, exact

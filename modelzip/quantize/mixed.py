@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from ..errors import ConfigError
-from ..layers import targets
+from ..layers import literal_pattern, targets
 from .uniform import QuantSpec
 
 if TYPE_CHECKING:
@@ -49,7 +49,8 @@ def mixed_precision(model: nn.Module, score: Score, budget_bits: float, *, choic
 
 def bit_specs(chosen: Allocation | Mapping[str, float], *, symmetric: bool = True,
               per_channel: bool = True) -> dict[str, QuantSpec]:
-    """A QuantSpec per layer at its chosen bits (axis 0: output channels), e.g. for `prepare_qat(layers=...)`."""
+    """A QuantSpec per layer at its chosen bits (axis 0: output channels), keyed by a pattern matching exactly
+    that layer, for the `layers` of `prepare_qat` and `quantize_weights_`."""
     values = chosen if isinstance(chosen, Mapping) else chosen.values
-    return {name: QuantSpec(int(b) if float(b).is_integer() else b, symmetric, per_channel)
+    return {literal_pattern(name): QuantSpec(int(b) if float(b).is_integer() else b, symmetric, per_channel)
             for name, b in values.items()}

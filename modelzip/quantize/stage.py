@@ -15,7 +15,6 @@ from torch.utils.data import TensorDataset
 
 from ..data import sample
 from ..errors import ConfigError
-from ..layers import literal_pattern
 from ..structured import fold_batch_norms_
 from ..train import LossFn, TrainConfig, cross_entropy, evaluate, fit
 from .coded import quantize_weights_
@@ -69,8 +68,7 @@ def uniform_quantization(model: nn.Module, train: TensorDataset, config: Uniform
     if config.mixed is not None:
         held_out = sample(train, config.examples, seed=config.train.seed if config.train else 0)
         chosen = mixed_precision(model, lambda m: evaluate(m, held_out), config.mixed)
-        layers = {literal_pattern(name): spec for name, spec in
-                  bit_specs(chosen, symmetric=config.symmetric, per_channel=config.per_channel).items()}
+        layers = bit_specs(chosen, symmetric=config.symmetric, per_channel=config.per_channel)
     if config.train is not None:
         if config.noise is not None:
             prepare_quant_noise(model, config.noise, NoiseMode.SCALAR, config.spec(), observe=config.observe)

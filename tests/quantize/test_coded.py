@@ -45,6 +45,10 @@ def test_qat_layers_become_codes_that_compute_the_same(lenet, method, spec, bits
     assert isinstance(model.conv1, QuantizedConv2d) and isinstance(model.fc1, QuantizedLinear)
     assert model.fc1.codes.dtype == dtype and "weight" not in model.state_dict().keys() - {"fc1.bias"}
     assert torch.equal(model(X), trained)
+    plain = model.fc1.decoded()  # the float layer it stands for: a real weight Parameter, same outputs
+    assert type(plain) is nn.Linear and torch.equal(plain.weight, model.fc1.weight)
+    features = torch.randn(4, 800)
+    assert torch.equal(plain(features), model.fc1(features))
     assert parameter_count(model) == parameter_count(lenet) == 431_080  # codes count as the weights they are
     for name in ("conv1", "fc1"):
         assert torch.equal(getattr(model, name).weight, getattr(stripped, name).weight)
