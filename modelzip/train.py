@@ -6,6 +6,7 @@ terms there) and `param_groups` (own learning rates for extra parameters), not b
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,14 +17,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from .atomic import atomic_write
-from .data import batches, jitter
+from .layers import eval_mode
+from .data import jitter
+from .data.feed import (Batch, Data, batch_count, batch_length, call, iterate, labels_of, output_loss,
+                        output_tensor, to_device)
 from .errors import ConfigError, ModelError
 
-LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 
 
 class OptimizerName(str, Enum):
@@ -61,9 +64,19 @@ class EpochLog:
     test_accuracy: float | None
 
 
-def cross_entropy(model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The default loss: hard-label cross-entropy on (inputs, labels) batches."""
-    return F.cross_entropy(model(batch[0]), batch[1])
+def cross_entropy(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """The default loss: the loss the model computes itself (a Hugging Face model given `labels`), else
+    hard-label cross-entropy of its logits on (inputs, labels) batches."""
+    output = call(model, batch)
+    own = output_loss(output)
+    if own is not None:
+        return own
+    labels = labels_of(batch)
+    if labels is None:
+        raise ConfigError("these batches carry no labels to train on: give (inputs, labels) batches, a model that "
+                          "returns its own loss, or loss_fn(model, batch)")
+    logits = output_tensor(output)
+    return F.cross_entropy(logits.flatten(0, -2) if logits.dim() > 2 else logits, labels.flatten())
 
 
 def jittered(max_shift: int, loss_fn: LossFn = cross_entropy) -> LossFn:
@@ -73,11 +86,14 @@ def jittered(max_shift: int, loss_fn: LossFn = cross_entropy) -> LossFn:
     return loss
 
 
-def fit(model: nn.Module, train: TensorDataset, config: TrainConfig = TrainConfig(), *,
-        test: TensorDataset | None = None, loss_fn: LossFn = cross_entropy,
+def fit(model: nn.Module, train: Data, config: TrainConfig = TrainConfig(), *,
+        test: Data | None = None, loss_fn: LossFn = cross_entropy,
         param_groups: list[dict[str, Any]] | None = None, checkpoint: str | Path | None = None,
         desc: str = "train") -> list[EpochLog]:
     """Train `model` in place on `train` for `config.epochs`; returns one log line per epoch.
+
+    `train` is a TensorDataset (batched and shuffled here by `config`) or any re-iterable of batches
+    (a DataLoader: its own batch size and order); `loss_fn(model, batch)` gives each step's loss.
 
     With `checkpoint`, the model and optimizer state are written there (atomically) after every epoch,
     and a later call with the same path resumes after the last finished epoch.
@@ -85,7 +101,9 @@ def fit(model: nn.Module, train: TensorDataset, config: TrainConfig = TrainConfi
     torch.manual_seed(config.seed)
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     optimizer = _optimizer(groups, config)
-    per_epoch = -(-len(train) // config.batch_size)
+    per_epoch = batch_count(train, config.batch_size)
+    if per_epoch == 0:
+        raise ConfigError("the training data holds no batches")
     epochs = max(config.epochs, -(-config.min_steps // per_epoch))
     steps = max(1, epochs * per_epoch)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -96,9 +114,9 @@ def fit(model: nn.Module, train: TensorDataset, config: TrainConfig = TrainConfi
     for epoch in range(start, epochs):
         model.train()
         began, total, seen = time.perf_counter(), 0.0, 0
-        loader = batches(train, config.batch_size, shuffle=True, seed=config.seed + epoch)
-        for batch in tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", leave=False, disable=None):
-            batch = [t.to(device) for t in batch]
+        loader = iterate(train, config.batch_size, shuffle=True, seed=config.seed + epoch)
+        for batch in tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", leave=False, disable=None, total=per_epoch):
+            batch = to_device(batch, device)
             loss = loss_fn(model, batch)
             if not torch.isfinite(loss):
                 raise ModelError(f"training diverged: loss is {loss.item()} in epoch {epoch + 1}; lower the lr")
@@ -106,30 +124,49 @@ def fit(model: nn.Module, train: TensorDataset, config: TrainConfig = TrainConfi
             loss.backward()
             optimizer.step()
             schedule.step()
-            total += loss.item() * len(batch[0])
-            seen += len(batch[0])
+            total += loss.item() * batch_length(batch)
+            seen += batch_length(batch)
         accuracy = evaluate(model, test) if test is not None else None
         logs.append(EpochLog(epoch + 1, total / max(seen, 1), time.perf_counter() - began, accuracy))
+        _progress(desc, epochs, logs[-1])
         if checkpoint is not None:
             _save_checkpoint(checkpoint, model, optimizer, schedule, logs)
     return logs
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: TensorDataset, batch_size: int = 1000) -> torch.Tensor:
-    """Logits of `model` for every example of `dataset`, in order: (N, classes)."""
-    was_training = model.training
-    model.eval()
-    device = _device(model)
-    out = [model(batch[0].to(device)).cpu() for batch in batches(dataset, batch_size, shuffle=False)]
-    model.train(was_training)
+def predict(model: nn.Module, dataset: Data, batch_size: int = 256) -> torch.Tensor:
+    """Outputs (logits) of `model` for every example of `dataset`, in order: (N, classes)."""
+    with eval_mode(model):
+        device = _device(model)
+        out = [output_tensor(call(model, to_device(b, device))).cpu() for b in iterate(dataset, batch_size)]
     return torch.cat(out)
 
 
-def evaluate(model: nn.Module, dataset: TensorDataset, batch_size: int = 1000) -> float:
-    """Top-1 accuracy of `model` on `dataset` (fraction in [0, 1])."""
-    labels = dataset.tensors[1]
-    return (predict(model, dataset, batch_size).argmax(1) == labels).float().mean().item()
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Data, batch_size: int = 256) -> float:
+    """Top-1 accuracy of `model` on labelled `dataset` (fraction in [0, 1]), batch by batch."""
+    correct = seen = 0
+    with eval_mode(model):
+        device = _device(model)
+        for batch in iterate(dataset, batch_size):
+            labels = labels_of(batch)
+            if labels is None:
+                raise ConfigError("accuracy needs labelled batches (inputs, labels); pass a metric for unlabelled data")
+            logits = output_tensor(call(model, to_device(batch, device))).cpu()
+            correct += (logits.argmax(-1) == labels.cpu()).sum().item()
+            seen += labels.numel()
+    if not seen:
+        raise ConfigError("the evaluation data holds no examples")
+    return correct / seen
+
+
+def _progress(desc: str, epochs: int, log: EpochLog) -> None:
+    """One line per epoch where no progress bar is drawn (a log file, CI): long runs still show they run."""
+    if sys.stderr.isatty():
+        return
+    score = f", test accuracy {log.test_accuracy:.2%}" if log.test_accuracy is not None else ""
+    print(f"{desc} {log.epoch}/{epochs}: loss {log.loss:.4f}{score} ({log.seconds:.1f} s)", file=sys.stderr, flush=True)
 
 
 def _optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.optim.Optimizer:
