@@ -27,3 +27,9 @@ class ConfigError(ModelzipError):
 
 class ModelError(ModelzipError):
     """A model cannot be built, loaded or compressed (unknown name, unsupported layer, NaN weights)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message: errors from user code are reported in one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"

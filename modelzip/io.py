@@ -54,16 +54,30 @@ def loads(data: bytes, model: nn.Module | None = None, *, allow_import: bool = F
         arch = meta.get("arch")
         if not isinstance(arch, dict):
             raise ModelError("the file records no architecture to rebuild; pass the module to load into")
-        # build on the meta device: no time spent initialising weights that are overwritten at once
-        model = rebuild(arch, allow_import=allow_import, device="meta")
-        _assign(model, state)
-        if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
-            model = rebuild(arch, allow_import=allow_import)  # it has state outside the state_dict
-            _assign(model, state)
+        model = _rebuild_fast(arch, state, allow_import)
     else:
         _fit_structure(model, meta.get("arch"), state)
         _assign(model, state)
     return model.eval()
+
+
+def _rebuild_fast(arch: dict[str, Any], state: dict[str, torch.Tensor], allow_import: bool) -> nn.Module:
+    """Rebuild on the meta device (no time initialising weights that are overwritten at once), else on the CPU.
+
+    A builder that reads its weights (`.item()`, an init from data) cannot run on meta; a module with
+    state outside its state_dict is left with meta tensors: both are rebuilt for real.
+    """
+    try:
+        model = rebuild(arch, allow_import=allow_import, device="meta")
+    except ModelError:
+        model = None
+    if model is not None:
+        _assign(model, state)
+        if not any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+            return model
+    model = rebuild(arch, allow_import=allow_import)
+    _assign(model, state)
+    return model
 
 
 def load(path: str | Path, model: nn.Module | None = None, *, allow_import: bool = False) -> nn.Module:

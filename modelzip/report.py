@@ -59,6 +59,9 @@ def build_report(blob: bytes, *, dense_bytes: int) -> dict[str, Any]:
         "model": arch.get("name") or arch.get("import") or "unknown",
         "data": meta.get("data"),
         "recipe": meta.get("recipe"),
+        "metric": meta.get("metric"),
+        "metric_before": meta.get("metric_before"),
+        "metric_after": meta.get("metric_after"),
         "accuracy_before": meta.get("accuracy_before"),
         "accuracy_after": meta.get("accuracy_after"),
         "dense_bytes": dense_bytes,
@@ -85,10 +88,16 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     table.add_row("whole file", "", "", "", "", "", "", f"{report['file_bytes']:,}",
                   f"{report['compression_ratio']:.1f}x", style="bold")
     console.print(table)
+    sizes = f"{report['dense_bytes']:,} dense fp32 bytes -> {report['file_bytes']:,} bytes on disk"
     before, after = report.get("accuracy_before"), report.get("accuracy_after")
+    name = report.get("metric")
     if before is not None and after is not None:
-        console.print(f"accuracy {before:.2%} -> {after:.2%} ({100 * (after - before):+.2f} points); "
-                      f"{report['dense_bytes']:,} dense fp32 bytes -> {report['file_bytes']:,} bytes on disk")
+        console.print(f"accuracy {before:.2%} -> {after:.2%} ({100 * (after - before):+.2f} points); {sizes}")
+    elif name is not None and report.get("metric_before") is not None:
+        before, after = report["metric_before"], report["metric_after"]
+        console.print(f"{name} {before:.4f} -> {after:.4f} ({after - before:+.4f}); {sizes}")
+    else:
+        console.print(f"no metric measured (give test data or a metric); {sizes}")
     if "structure" in report:
         print_comparison(report["structure"], console)
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from modelzip.data.batching import batches
-from modelzip.errors import ConfigError, ModelError
+from modelzip.errors import ConfigError, ModelError, first_line
 
 Batch = Any  # torch.Tensor | Sequence[Any] | Mapping[str, Any]
 Data = TensorDataset | Iterable[Batch]
@@ -95,7 +95,7 @@ def call(model: nn.Module, batch: Batch) -> Any:
     except ModelError:
         raise
     except Exception as exc:  # the user's own forward: one line that says where it failed
-        raise ModelError(f"the model's forward raised {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise ModelError(f"the model's forward raised {type(exc).__name__}: {first_line(exc)}") from exc
 
 
 def output_tensor(output: Any) -> torch.Tensor:
@@ -137,7 +137,3 @@ def take(data: Data, examples: int, batch_size: int = 256) -> Iterator[Batch]:
         seen += batch_length(batch)
         yield batch
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "(no message)"

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from .edits import ARCH_ATTR, apply_edits
 from .reference import MODELS
 
@@ -51,13 +51,16 @@ def rebuild(arch: dict[str, Any], *, allow_import: bool = False, device: str | t
     Structural edits in the record (channels removed, layers factorized) are replayed on the result.
     """
     builder, kwargs = _builder(arch, allow_import)
+    label = _label(arch)
     with torch.device(device) if device is not None else contextlib.nullcontext():
         try:
             model = builder(**kwargs)
-        except TypeError as exc:  # a keyword the builder does not take, or a missing one
-            raise ModelError(f"cannot build {arch.get('name', arch.get('import'))}: {exc}") from None
+        except ModelError:
+            raise
+        except Exception as exc:  # the builder is often user code: one line that names it
+            raise ModelError(f"building {label} raised {type(exc).__name__}: {first_line(exc)}") from None
         if not isinstance(model, nn.Module):
-            raise ModelError(f"{arch} returned {type(model).__name__}, not a torch.nn.Module")
+            raise ModelError(f"{label} returned {type(model).__name__}, not a torch.nn.Module")
         apply_edits(model, arch.get("edits", []))
     setattr(model, ARCH_ATTR, arch)
     return model
@@ -105,7 +108,12 @@ def _builder(arch: dict[str, Any], allow_import: bool) -> tuple[Callable[..., An
             raise ModelError(f"the model is user code ({ref}); pass allow_import=True (CLI: --allow-import) "
                              "to import and run it, or pass the model to load into")
         return _import(ref), {}
-    raise ModelError(f"model record {arch} has neither 'name' nor 'import'")
+    raise ModelError("the file's architecture record names no builder (the model was not made by modelzip.build): "
+                     "load it into your own module, modelzip.load(path, model)")
+
+
+def _label(arch: dict[str, Any]) -> str:
+    return str(arch.get("name") or arch.get("import"))
 
 
 def _import(ref: str) -> Callable[..., Any]:
