@@ -12,7 +12,7 @@ from rich.console import Console
 
 from . import io
 from .atomic import atomic_write
-from .data import load_data, sample, split
+from .data import DataBundle, load_data, sample, split
 from .distill import DistillConfig, adjust_bias_, distill, search_bias_offset, without_classes
 from .errors import ConfigError, ModelzipError
 from .models import build, input_shape_of
@@ -49,7 +49,8 @@ def _compress(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     data = load_data(args.data, seed=args.seed)
     model = build(args.model, data.input_shape, data.num_classes, weights=args.weights)
-    result = compress(model, data, load_recipe(args.recipe), pretrained=args.weights is not None, out=args.out)
+    pretrained = args.pretrained or args.weights is not None
+    result = compress(model, data, load_recipe(args.recipe), pretrained=pretrained, out=args.out)
     if args.report:
         write_report(result.report, args.report)
     print_report(result.report)
@@ -104,6 +105,7 @@ def _distill(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     model = io.load(args.file, allow_import=args.allow_import)
     data = load_data(args.data)
+    _check_input_shape(args.file, data)
     print(f"{args.file}: accuracy {evaluate(model, data.test):.2%} on {len(data.test):,} test examples of {data.name}")
     if args.int8:
         from .profile import compare_latency
@@ -154,12 +156,21 @@ def _export(args: argparse.Namespace) -> int:
         raise ConfigError(f"--calibration needs at least 1 example, got {args.calibration}")
     model = io.load(args.file, allow_import=args.allow_import)
     data = load_data(args.data)
+    _check_input_shape(args.file, data)
     calibration = sample(data.train, args.calibration, seed=0) if args.qdq else None
     written = export_onnx(model, args.out, data.input_shape, qdq=args.qdq, calibration=calibration)
     agreement = argmax_agreement(model, args.out, data.test.tensors[0])
     print(f"wrote {args.out}: {written:,} bytes ({'int8 QDQ' if args.qdq else 'float'}); ONNX Runtime predicts "
           f"the class PyTorch does on {agreement:.2%} of {len(data.test):,} test examples of {data.name}")
     return 0
+
+
+def _check_input_shape(path: str, data: DataBundle) -> None:
+    """A file records the input shape it was compressed for: other data is refused before any forward pass."""
+    recorded = io.header(path)["meta"].get("input_shape")
+    if recorded is not None and tuple(recorded) != tuple(data.input_shape):
+        raise ConfigError(f"{path} was compressed for inputs {tuple(recorded)}, but {data.name} has "
+                          f"{tuple(data.input_shape)}: evaluate it on data of that shape")
 
 
 def _input_shape(model: torch.nn.Module, path: str) -> tuple[int, ...]:
@@ -182,7 +193,10 @@ def _parser() -> argparse.ArgumentParser:
     comp = commands.add_parser("compress", help="compress a model with a recipe into a .mzip file")
     comp.add_argument("--model", required=True, help="built-in name (lenet-300-100, lenet-5, mlp-800-800, "
                       "mlp-1200-1200) or package.module:function returning an nn.Module")
-    comp.add_argument("--weights", help="state_dict file (torch.save); without it the recipe trains the model")
+    comp.add_argument("--weights", help="state_dict file (torch.save); without it (or --pretrained) the recipe "
+                      "trains the model first")
+    comp.add_argument("--pretrained", action="store_true", help="the model comes trained (a function returning "
+                      "a trained network): skip the recipe's training stage")
     comp.add_argument("--data", default="mnist5k", help=DATA_HELP)
     comp.add_argument("--recipe", default="deep-compression",
                       help=f"built-in recipe ({', '.join(built_in())}) or a YAML file")
