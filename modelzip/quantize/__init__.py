@@ -1,6 +1,7 @@
 """Quantization: k-means codebooks and trained sharing (Deep Compression); uniform affine, binary and ternary
 codes with QAT; product quantization and Quant-Noise; hashing-based sharing; data-free calibration inputs."""
-from .coded import PQConv2d, PQLinear, QuantizedConv2d, QuantizedLinear, quantize_weights_
+from .coded import (PQConv2d, PQLinear, QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, coded_layer,
+                    quantize_weights_, record_coded)
 from .datafree import calibrate_activations, synthesize
 from .hashing import HashStructure, HashedConv2d, HashedLinear, hash_
 from .int8 import RangeObserver, int8_model
@@ -16,8 +17,8 @@ from .uniform import Observer, QuantSpec, dequantize, fake_quantize, qparams, qr
 
 __all__ = ["HashStructure", "HashedConv2d", "HashedLinear", "Init", "NoiseMode", "Observer", "PQConv2d", "PQLinear",
            "PQWeights", "QATMethod", "QuantNoise", "QuantSpec", "QuantizeConfig", "QuantizedConv2d",
-           "QuantizedLinear", "RangeObserver", "SharedWeights", "UniformConfig", "bit_specs", "calibrate_activations",
-           "dequantize", "fake_quantize", "finish_quant_noise", "hash_", "initial_centroids", "int8_model",
+           "QuantizedEmbedding", "QuantizedLinear", "RangeObserver", "SharedWeights", "UniformConfig", "bit_specs", "calibrate_activations",
+           "coded_layer", "dequantize", "fake_quantize", "finish_quant_noise", "hash_", "initial_centroids", "int8_model",
            "kmeans_codebook", "mixed_precision", "pack", "packed_size", "pq_bytes", "pq_decode", "pq_encode",
            "pq_quantize_", "prepare_qat", "prepare_quant_noise", "qparams", "qrange", "quantize", "quantize_",
-           "quantize_weights_", "synthesize", "trained_quantization", "uniform_quantization", "unpack"]
+           "quantize_weights_", "record_coded", "synthesize", "trained_quantization", "uniform_quantization", "unpack"]

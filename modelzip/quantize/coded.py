@@ -4,7 +4,8 @@ Fake quantization (QAT, Quant-Noise, a post-training pass) leaves float weights 
 grid; stored as floats they keep their size ("simulated quantization only"). `quantize_weights_` turns
 each quantized layer into a coded one that holds only the codes and what decodes them, as buffers:
 
-    uniform (int8/int4/binary/ternary)   codes (int8 or uint8), scale and zero point per channel or tensor
+    uniform (int8/int4/binary/ternary)   codes (int8 or uint8), scale and zero point per channel, per group
+                                         of `group_size` inputs of a channel, or per tensor
     product quantization (iPQ)           codes (uint8/int16, one per sub-vector) and the codebook (k, block)
 
 so the state_dict, and therefore the .mzip file, holds the codes at their width (the codec bit-packs or
@@ -55,10 +56,11 @@ class CodedLayer(nn.Module):
     def decoded(self) -> nn.Module:
         """The plain nn.Linear / nn.Conv2d computing what this layer does, its weight a real Parameter
         (for code that needs one, such as torch.ao's int8 conversion)."""
-        plain = (nn.Linear if isinstance(self, nn.Linear) else nn.Conv2d)(**layer_args(self)).train(self.training)
+        base = next(c for c in UNIFORM_CODED if isinstance(self, c))
+        plain = base(**layer_args(self)).train(self.training)
         with torch.no_grad():
             plain.weight.copy_(self.weight)
-            if self.bias is not None:
+            if getattr(self, "bias", None) is not None:
                 plain.bias.copy_(self.bias)
         return plain
 
@@ -67,27 +69,42 @@ class CodedLayer(nn.Module):
 
 
 class UniformCoded(CodedLayer):
-    """Uniform codes: weight = (codes - zero_point) * scale, per output channel or per tensor."""
+    """Uniform codes: weight = (codes - zero_point) * scale, per output channel, per group or per tensor.
+
+    With `group_size` g > 0 every run of g consecutive inputs of an output channel (a row of the weight
+    flattened to (out, in)) has its own scale: the layout of group-wise int4/int3 post-training methods,
+    which keeps one outlier from widening the step of a whole row.
+    """
 
     def __init__(self, *args: Any, bits: int = 8, per_channel: bool = True, signed: bool = True,
-                 dtype: torch.dtype | None = None, **kwargs: Any) -> None:
+                 group_size: int = 0, dtype: torch.dtype | None = None, **kwargs: Any) -> None:
         super().__init__(*args, dtype=dtype, **kwargs)
         if not 1 <= bits <= 8:
             raise ConfigError(f"uniform codes take 1..8 bits, got {bits!r}")
-        self.bits, self.per_channel = bits, per_channel
+        inputs = math.prod(self.weight_shape[1:])
+        if group_size < 0 or (group_size and (not per_channel or inputs % group_size)):
+            raise ConfigError(f"a group size must divide the {inputs} inputs of a channel, got {group_size}")
+        self.bits, self.per_channel, self.group_size = bits, per_channel, group_size
         channels = (self.weight_shape[0],) if per_channel else ()
+        if group_size:
+            channels = (self.weight_shape[0], inputs // group_size)
         self._buffer("codes", self.weight_shape, torch.int8 if signed else torch.uint8)
         self._buffer("scale", channels, dtype or torch.get_default_dtype())
         self._buffer("zero_point", channels, torch.int32)
 
     @property
     def weight(self) -> torch.Tensor:
+        if self.group_size:
+            codes = self.codes.reshape(*self.scale.shape, self.group_size).to(torch.int32)
+            return ((codes - self.zero_point[..., None]).to(self.scale.dtype)
+                    * self.scale[..., None]).reshape(self.weight_shape)
         shape = (-1,) + (1,) * (len(self.weight_shape) - 1) if self.per_channel else ()  # along output channels
         return (self.codes.to(torch.int32) - self.zero_point.reshape(shape)).to(self.scale.dtype) \
             * self.scale.reshape(shape)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, bits={self.bits}, per_channel={self.per_channel}"
+        groups = f", group_size={self.group_size}" if self.group_size else ""
+        return f"{super().extra_repr()}, bits={self.bits}, per_channel={self.per_channel}{groups}"
 
 
 class PQCoded(CodedLayer):
@@ -121,6 +138,16 @@ class QuantizedConv2d(UniformCoded, nn.Conv2d):
     """nn.Conv2d with uniform integer weight codes."""
 
 
+class QuantizedEmbedding(UniformCoded, nn.Embedding):
+    """nn.Embedding with uniform integer codes, one scale per token (row): only the rows looked up are decoded."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.max_norm is not None or not self.per_channel or self.group_size:
+            return super().forward(input)
+        codes = self.codes[input].to(torch.int32) - self.zero_point[input].unsqueeze(-1)
+        return codes.to(self.scale.dtype) * self.scale[input].unsqueeze(-1)
+
+
 class PQLinear(PQCoded, nn.Linear):
     """nn.Linear with product-quantized weights."""
 
@@ -129,31 +156,37 @@ class PQConv2d(PQCoded, nn.Conv2d):
     """nn.Conv2d with product-quantized weights."""
 
 
+UNIFORM_CODED = (nn.Linear, nn.Conv2d, nn.Embedding)
 CODED = {("uniform", nn.Linear): QuantizedLinear, ("uniform", nn.Conv2d): QuantizedConv2d,
+         ("uniform", nn.Embedding): QuantizedEmbedding,
          ("pq", nn.Linear): PQLinear, ("pq", nn.Conv2d): PQConv2d}
+
+
+def record_coded(model: nn.Module, name: str, new: CodedLayer) -> None:
+    """Put a coded layer in place of the module `name` and record the edit that rebuilds it at load."""
+    replace_module(model, name, new)
+    record_edit(model, {"op": "quantize", "module": name, **_layout(new)})
 
 
 def quantize_weights_(model: nn.Module, spec: QuantSpec | Mapping[str, QuantSpec] = QuantSpec(per_channel=True), *,
                       layers: Mapping[str, QuantSpec] | None = None, observe: Observer | str = Observer.MINMAX,
                       ) -> dict[str, str]:
-    """Replace every nn.Linear / nn.Conv2d of `model` by its coded layer, in place; returns what each became.
+    """Replace every nn.Linear / nn.Conv2d / nn.Embedding of `model` by its coded layer, in place; returns what
+    each became.
 
     A layer trained with a quantizer (`prepare_qat`, `prepare_quant_noise` after `finish_quant_noise`,
     `pq_quantize_`) keeps exactly its quantizer's codes and the model computes what it computed. Any other
     layer (plain or pruned) is quantized after training: `spec` (one, or one per kind) with the range of
     `observe`, `layers` overriding by name pattern. Per-channel specs must use axis 0 (output channels).
     """
-    found = [t for t in targets(model) if plain_type(t.module) in (nn.Linear, nn.Conv2d)]
+    found = [t for t in targets(model) if plain_type(t.module) in UNIFORM_CODED]
     if not found:
-        raise ModelError(f"{type(model).__name__} has no nn.Linear or nn.Conv2d layer to quantize")
+        raise ModelError(f"{type(model).__name__} has no nn.Linear, nn.Conv2d or nn.Embedding layer to quantize")
     wanted = per_target(model, found, spec, layers)
     encoded = [(t, _encode(t, wanted[t], observer(observe))) for t in found]  # all checked before any change
     done = {}
     for t, codes in encoded:
-        new = _coded_layer(t.module, codes)
-        replace_module(model, t.name, new.train(t.module.training))
-        edit = {"op": "quantize", "module": t.name, **_layout(new)}
-        record_edit(model, edit)
+        record_coded(model, t.name, coded_layer(t.module, codes).train(t.module.training))
         done[t.name] = f"pq {len(codes.codebook)}x{codes.codebook.shape[1]}" if isinstance(codes, PQCodes) \
             else f"{codes.bits}-bit"
     return done
@@ -188,8 +221,13 @@ def _post_training(weight: torch.Tensor, spec: QuantSpec, observe: Any) -> Codes
 
 
 def layer_args(layer: nn.Module) -> dict[str, Any]:
-    """The constructor arguments of an nn.Linear / nn.Conv2d (its hyper-parameters, device and dtype)."""
-    like = {"bias": layer.bias is not None, "device": layer.weight.device, "dtype": layer.weight.dtype}
+    """The constructor arguments of an nn.Linear / nn.Conv2d / nn.Embedding (hyper-parameters, device, dtype)."""
+    like = {"device": layer.weight.device, "dtype": layer.weight.dtype}
+    if isinstance(layer, nn.Embedding):
+        return {"num_embeddings": layer.num_embeddings, "embedding_dim": layer.embedding_dim,
+                "padding_idx": layer.padding_idx, "max_norm": layer.max_norm, "norm_type": layer.norm_type,
+                "scale_grad_by_freq": layer.scale_grad_by_freq, "sparse": layer.sparse, **like}
+    like["bias"] = layer.bias is not None
     if isinstance(layer, nn.Linear):
         return {"in_features": layer.in_features, "out_features": layer.out_features, **like}
     return {"in_channels": layer.in_channels, "out_channels": layer.out_channels, "kernel_size": layer.kernel_size,
@@ -197,7 +235,9 @@ def layer_args(layer: nn.Module) -> dict[str, Any]:
             "padding_mode": layer.padding_mode, **like}
 
 
-def _coded_layer(layer: nn.Module, codes: Codes | PQCodes) -> CodedLayer:
+def coded_layer(layer: nn.Module, codes: Codes | PQCodes) -> CodedLayer:
+    """The coded twin of a float layer holding `codes` (its bias copied). Uniform codes whose scale is
+    (out, groups) are group-wise."""
     base = plain_type(layer)
     args = layer_args(layer)
     with torch.no_grad():
@@ -208,12 +248,14 @@ def _coded_layer(layer: nn.Module, codes: Codes | PQCodes) -> CodedLayer:
             new.codebook.copy_(codes.codebook)
         else:
             fits_int8 = codes.codes.numel() == 0 or int(codes.codes.max()) < 128  # asymmetric 8-bit codes do not
-            new = CODED["uniform", base](**args, bits=codes.bits, per_channel=codes.scale.dim() == 1,
-                                         signed=fits_int8)
+            grouped = codes.scale.dim() == 2
+            group_size = codes.codes[0].numel() // codes.scale.shape[1] if grouped else 0
+            new = CODED["uniform", base](**args, bits=codes.bits, per_channel=codes.scale.dim() >= 1,
+                                         signed=fits_int8, group_size=group_size)
             new.codes.copy_(codes.codes)
             new.scale.copy_(codes.scale)
             new.zero_point.copy_(codes.zero_point)
-        if layer.bias is not None:
+        if getattr(layer, "bias", None) is not None:
             new.bias.copy_(layer.bias)
     return new
 
@@ -222,8 +264,9 @@ def _layout(layer: CodedLayer) -> Edit:
     """What the "quantize" edit records to rebuild `layer` empty: its kind and buffer layout."""
     if isinstance(layer, PQCoded):
         return {"kind": "pq", "block_size": layer.block_size, "centroids": layer.codebook.shape[0]}
-    return {"kind": "uniform", "bits": layer.bits, "per_channel": layer.per_channel,
-            "signed": layer.codes.dtype == torch.int8}
+    layout = {"kind": "uniform", "bits": layer.bits, "per_channel": layer.per_channel,
+              "signed": layer.codes.dtype == torch.int8}
+    return {**layout, "group_size": layer.group_size} if layer.group_size else layout
 
 
 @EDITS.register("quantize")
@@ -238,4 +281,4 @@ def _replay(model: nn.Module, edit: Edit) -> None:
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"unknown coded layer {kind!r} with {options}: {exc}") from None
 
-    swap_layer(model, edit, lambda layer: plain_type(layer) in (nn.Linear, nn.Conv2d), make)
+    swap_layer(model, edit, lambda layer: plain_type(layer) in UNIFORM_CODED, make)

@@ -165,7 +165,8 @@ def _decoded_copy(model: nn.Module) -> tuple[nn.Module, dict[str, UniformCoded]]
         if not name:
             raise ModelError(f"the model itself is a {type(layer).__name__}; wrap it (nn.Sequential) for int8")
         replace_module(plain, name, layer.decoded())
-        if isinstance(layer, UniformCoded) and layer.codes.dtype == torch.int8 and not layer.zero_point.any():
+        if isinstance(layer, UniformCoded) and layer.codes.dtype == torch.int8 and not layer.zero_point.any() \
+                and not layer.group_size:
             exact[name] = layer
     return plain, exact
 

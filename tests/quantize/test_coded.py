@@ -3,15 +3,19 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+import modelzip
 from modelzip import io
 from modelzip.errors import ConfigError, ModelError
 from modelzip.layers import independent_copy, parameter_count, strip
 from modelzip.models import build
 from modelzip.prune import prune_
-from modelzip.quantize import (PQConv2d, QuantizedConv2d, QuantizedLinear, QuantSpec, finish_quant_noise,
-                               pq_quantize_, prepare_qat, prepare_quant_noise, quantize_, quantize_weights_)
+from modelzip.quantize import (PQConv2d, QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, QuantSpec, coded_layer,
+                               finish_quant_noise, pq_quantize_, prepare_qat, prepare_quant_noise, quantize_,
+                               quantize_weights_)
+from modelzip.quantize.qat import Codes
 
 X = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
 
@@ -125,8 +129,36 @@ def test_errors(lenet):
         broken.fc1.weight[0, 0] = float("nan")
     with pytest.raises(ModelError, match="layer 'fc1' has NaN or infinite weights"):
         quantize_weights_(broken)
-    with pytest.raises(ModelError, match="no nn.Linear or nn.Conv2d"):
-        quantize_weights_(nn.Sequential(nn.Embedding(10, 4)))
+    with pytest.raises(ModelError, match="no nn.Linear, nn.Conv2d or nn.Embedding"):
+        quantize_weights_(nn.Sequential(nn.Bilinear(3, 3, 2)))
+
+
+def test_embedding_tables_become_int_codes_per_token_and_decode_only_the_rows_looked_up(tmp_path):
+    model = nn.Sequential(nn.Embedding(50, 12, padding_idx=0), nn.Linear(12, 3))
+    ids = torch.randint(0, 50, (4, 7))
+    before = model(ids)
+    assert quantize_weights_(model, QuantSpec(8, per_channel=True)) == {"0": "8-bit", "1": "8-bit"}
+    table = model[0]
+    assert isinstance(table, QuantizedEmbedding) and table.codes.dtype == torch.int8 and table.scale.shape == (50,)
+    assert torch.equal(table(ids), F.embedding(ids, table.weight))  # the gathered rows decode exactly
+    assert (model(ids) - before).abs().max() < 0.02
+    modelzip.save(model, tmp_path / "e.mzip")
+    loaded = modelzip.load(tmp_path / "e.mzip", nn.Sequential(nn.Embedding(50, 12, padding_idx=0), nn.Linear(12, 3)))
+    assert isinstance(loaded[0], QuantizedEmbedding) and torch.equal(loaded(ids), model(ids))
+    stored = modelzip.header(tmp_path / "e.mzip")["tensors"]
+    assert "0.weight" not in stored and stored["0.codes"]["dtype"] == "int8"
+
+
+def test_group_wise_codes_decode_per_group_of_inputs():
+    layer = nn.Linear(8, 2)
+    codes = torch.arange(-8, 8, dtype=torch.int32).reshape(2, 8).clamp(-7, 7)
+    scale = torch.tensor([[1.0, 10.0], [0.5, 2.0]])
+    coded = coded_layer(layer, Codes(codes, scale, torch.zeros(2, 2, dtype=torch.int32), 4))
+    assert coded.group_size == 4
+    expected = codes.float() * scale.repeat_interleave(4, dim=1)
+    assert torch.equal(coded.weight, expected)
+    with pytest.raises(ConfigError, match="group size must divide the 8 inputs"):
+        QuantizedLinear(8, 2, bits=4, group_size=3)
 
 
 def test_a_bad_quantize_edit_is_refused(lenet):
