@@ -53,3 +53,32 @@ def kmeans_codebook(weights: torch.Tensor, k: int, init: Init | str = Init.LINEA
     rank[order] = np.arange(k)
     centroids = torch.from_numpy(km.cluster_centers_.reshape(-1)[order]).float()
     return centroids, torch.from_numpy(rank[km.labels_]).long()
+
+
+def lloyd_1d(values: np.ndarray, k: int, weights: np.ndarray | None = None, *, init: Init | str = Init.LINEAR,
+             iterations: int = 100, seed: int = 0) -> np.ndarray:
+    """Weighted 1-D k-means by Lloyd's iteration on sorted values: sorted centroids (empty clusters dropped).
+
+    In one dimension each cluster is a run of the sorted values between the midpoints of neighbouring
+    centroids, so an iteration is k binary searches and k differences of prefix sums: O(k log n), after
+    one sort. `weights` (>= 0, one per value) make the within-cluster error sum_i weight_i (x_i - c)^2,
+    e.g. a Hessian diagonal, so that the weights that matter most are reproduced best.
+    """
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    if x.size == 0:
+        return np.zeros(0)
+    order = np.argsort(x, kind="stable")
+    x = x[order]
+    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)[order]
+    mass, moment = np.concatenate([[0.0], np.cumsum(w)]), np.concatenate([[0.0], np.cumsum(w * x)])
+    centroids = np.unique(initial_centroids(x, min(k, np.unique(x).size), init, seed))
+    for _ in range(iterations):
+        edges = np.searchsorted(x, (centroids[1:] + centroids[:-1]) / 2)
+        lo, hi = np.concatenate([[0], edges]), np.concatenate([edges, [x.size]])
+        total = mass[hi] - mass[lo]
+        filled = total > 0
+        new = (moment[hi] - moment[lo])[filled] / total[filled]
+        if new.size == centroids.size and np.array_equal(new, centroids):
+            break
+        centroids = new
+    return centroids

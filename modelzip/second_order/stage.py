@@ -1,0 +1,221 @@
+"""One-shot post-training compression of a trained model with second-order error compensation.
+
+No retraining and no labels: a few hundred calibration inputs give each layer's input Hessian, and each
+layer is pruned (unstructured or N:M) and/or quantized (uniform int codes per group, or a k-means
+codebook) with the OBS update compensating every decision (see `solver`). `method: plain` makes the same
+choices without compensation (rounding to the grid, magnitude pruning): the baseline it is measured
+against, at the same file size.
+
+Layers are taken in order and, with `sequential`, each one's Hessian is measured on the model whose
+earlier layers are already compressed, so later layers also absorb the error arriving from below.
+Embedding tables have no inputs to compensate with (each row is looked up alone): they are rounded
+per token. Layers the path cannot take, and layers excluded by name, stay as they are; the summary
+names every one and why.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.feed import Data
+from ..errors import ConfigError
+from ..layers import targets
+from ..quantize import coded_layer, record_coded
+from ..quantize.qat import Codes
+from .grids import Codebook, UniformGrid
+from .hessian import hessians, names_in_order, supported
+from .solver import Pruning, obs_compress, output_error
+
+
+class Method(str, Enum):
+    OBS = "obs"  # second-order compensation (needs calibration inputs)
+    PLAIN = "plain"  # the same grid and sparsity, rounded and magnitude-pruned: the baseline
+
+
+@dataclass(frozen=True)
+class SecondOrderConfig:
+    """What each layer becomes, and how the compensation is computed."""
+
+    sparsity: float = 0.0  # fraction of each layer's weights removed (unstructured)
+    pattern: str | None = None  # "N:M": N of every M consecutive inputs of a row removed (e.g. "2:4")
+    bits: int | None = None  # uniform symmetric integer codes (2..8)
+    group_size: int = 128  # inputs per scale for `bits` (0: one scale per output channel)
+    codebook: int | None = None  # bits of a per-layer k-means codebook (non-uniform; 1..8), instead of `bits`
+    embeddings: bool = True  # quantize Embedding tables too (by rounding: they have nothing to compensate with)
+    exclude: tuple[str, ...] = ()  # module-name patterns left as they are (e.g. a classifier head)
+    method: Method = Method.OBS
+    examples: int = 256  # calibration examples for the Hessians
+    damp: float = 0.01  # added to H's diagonal, relative to its mean
+    block: int = 128  # columns updated together
+    sequential: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", Method(self.method))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if self.bits is not None and self.codebook is not None:
+            raise ConfigError("second_order takes bits (uniform codes) or codebook (k-means), not both")
+        if self.bits is not None and not 2 <= self.bits <= 8:
+            raise ConfigError(f"second_order.bits must be in 2..8, got {self.bits}")
+        if self.codebook is not None and not 1 <= self.codebook <= 8:
+            raise ConfigError(f"second_order.codebook must be in 1..8 bits, got {self.codebook}")
+        if not 0 <= self.sparsity < 1:
+            raise ConfigError(f"second_order.sparsity must be in [0, 1), got {self.sparsity}")
+        if self.pattern is not None and self.sparsity:
+            raise ConfigError("second_order takes sparsity or pattern, not both")
+        n, m = self.nm
+        if self.pattern is not None and not 0 < n < m:
+            raise ConfigError(f"second_order.pattern must be 'N:M' with 0 < N < M, got {self.pattern!r}")
+        if self.examples < 1 or self.block < 1 or self.group_size < 0 or not self.damp >= 0:
+            raise ConfigError("second_order needs examples >= 1, block >= 1, group_size >= 0 and damp >= 0, "
+                              f"got {self.examples}, {self.block}, {self.group_size}, {self.damp}")
+        if m and self.block % m:
+            raise ConfigError(f"second_order.block ({self.block}) must be a multiple of the pattern's M ({m})")
+        if self.bits is None and self.codebook is None and not self.sparsity and self.pattern is None:
+            raise ConfigError("second_order does nothing: give sparsity, pattern, bits or codebook")
+
+    @property
+    def nm(self) -> tuple[int, int]:
+        if self.pattern is None:
+            return 0, 0
+        try:
+            n, m = (int(v) for v in self.pattern.split(":"))
+        except ValueError:
+            raise ConfigError(f"second_order.pattern must be 'N:M', got {self.pattern!r}") from None
+        return n, m
+
+    @property
+    def pruning(self) -> Pruning:
+        n, m = self.nm
+        return Pruning(self.sparsity, n, m)
+
+    def describe(self) -> str:
+        parts = [self.method.value]
+        if self.bits is not None:
+            parts.append(f"{self.bits}-bit" + (f" g{self.group_size}" if self.group_size else ""))
+        if self.codebook is not None:
+            parts.append(f"{2 ** self.codebook}-value codebook")
+        if self.sparsity:
+            parts.append(f"{self.sparsity:.0%} pruned")
+        if self.pattern:
+            parts.append(f"{self.pattern} sparse")
+        return ", ".join(parts)
+
+
+def second_order_(model: nn.Module, calibration: Data | None, config: SecondOrderConfig) -> dict[str, dict[str, Any]]:
+    """Compress `model` in place, layer by layer; returns, per compressible layer, what it became
+    (`action`) and its relative output error on the calibration inputs (`error`, OBS method only)."""
+    if config.method is Method.OBS and calibration is None:
+        raise ConfigError("second_order with method obs needs calibration batches (unlabelled inputs are enough)")
+    summary: dict[str, dict[str, Any]] = {}
+    chosen: dict[str, nn.Module] = {}
+    shared = _shared_weights(model)
+    for t in targets(model):
+        reason = _skip_reason(t.name, t.module, config, shared)
+        if reason is not None:
+            summary[t.name] = {"action": f"kept: {reason}"}
+        else:
+            chosen[t.name] = t.module
+    names = names_in_order(model, chosen)
+    if config.method is Method.OBS and not config.sequential:
+        found = hessians(model, {n: chosen[n] for n in names if not isinstance(chosen[n], nn.Embedding)},
+                         calibration, config.examples)
+    for name in names:
+        module = chosen[name]
+        if isinstance(module, nn.Embedding):
+            summary[name] = _round_table(model, name, module, config)
+            continue
+        if config.method is Method.PLAIN:
+            h = None
+        elif config.sequential:
+            h = hessians(model, {name: module}, calibration, config.examples).get(name)
+        else:
+            h = found.get(name)
+        if config.method is Method.OBS and h is None:
+            summary[name] = {"action": "kept: the calibration batches never reach it"}
+            continue
+        summary[name] = _compress_layer(model, name, module, h, config)
+    return summary
+
+
+def _skip_reason(name: str, module: nn.Module, config: SecondOrderConfig, shared: set[str]) -> str | None:
+    if any(fnmatch.fnmatchcase(name, p) for p in config.exclude):
+        return "excluded by name"
+    if name in shared:
+        return "its weight is shared with another layer (tied)"
+    if isinstance(module, nn.Embedding):
+        if not config.embeddings or (config.bits is None and config.codebook is None):
+            return "embedding tables are only quantized"
+        return None
+    return supported(module)
+
+
+def _shared_weights(model: nn.Module) -> set[str]:
+    """Modules whose weight Parameter another module also holds (tied input/output embeddings)."""
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        weight = module._parameters.get("weight")
+        if weight is not None:
+            owners.setdefault(id(weight), []).append(name)
+    return {name for names in owners.values() if len(names) > 1 for name in names}
+
+
+def _compress_layer(model: nn.Module, name: str, module: nn.Module, h: torch.Tensor | None,
+                    config: SecondOrderConfig) -> dict[str, Any]:
+    weight = module.weight.detach()
+    groups = getattr(module, "groups", 1)
+    rows = weight.reshape(groups, weight.shape[0] // groups, -1)  # (groups, out per group, in per group * k)
+    cols = rows.shape[2]
+    hs = torch.eye(cols).expand(groups, cols, cols) if h is None else h
+    codebook = None
+    if config.codebook is not None:
+        importance = None if h is None else torch.cat([hg.diagonal() for hg in hs])
+        flat = weight.reshape(weight.shape[0], -1)
+        codebook = Codebook.fit(flat, config.codebook, None if importance is None else
+                                importance.reshape(groups, cols).repeat_interleave(weight.shape[0] // groups, 0),
+                                config.sparsity or config.nm[0] / max(config.nm[1], 1))
+    new_rows, codes, scales = [], [], []
+    for g in range(groups):
+        grid = UniformGrid(config.bits, rows.shape[1], cols, config.group_size) if config.bits else None
+        damp = config.damp if h is not None else 0.0
+        new = obs_compress(rows[g], hs[g], quantize=grid or codebook, pruning=config.pruning, damp=damp,
+                           block=config.block)
+        new_rows.append(new)
+        if grid is not None:
+            c, s = grid.codes(new)
+            codes.append(c)
+            scales.append(s)
+    new_weight = torch.cat(new_rows).reshape(weight.shape)
+    error = output_error(rows, torch.stack(new_rows), hs) if h is not None else None
+    result = {"action": config.describe(), "error": error,
+              "kept_fraction": float(new_weight.count_nonzero()) / max(new_weight.numel(), 1)}
+    if config.bits is None or not isinstance(module, (nn.Linear, nn.Conv2d)):
+        with torch.no_grad():
+            module.weight.copy_(new_weight)
+        if config.bits is not None:  # the grid's values stay floats: the codec's codebook encoding stores them
+            result["action"] += " (float values: no integer layer for this type)"
+        return result
+    scale = torch.cat(scales)
+    record_coded(model, name, coded_layer(module, Codes(torch.cat(codes).reshape(weight.shape), scale,
+                                                        torch.zeros(scale.shape, dtype=torch.int32), config.bits)))
+    return result
+
+
+def _round_table(model: nn.Module, name: str, table: nn.Embedding, config: SecondOrderConfig) -> dict[str, Any]:
+    """An Embedding table rounded row by row (per-token scales, or the table's k-means codebook)."""
+    weight = table.weight.detach()
+    if config.codebook is not None:
+        book = Codebook.fit(weight, config.codebook)
+        with torch.no_grad():
+            table.weight.copy_(book.round(weight))
+        return {"action": f"{2 ** config.codebook}-value codebook (rounded)", "error": None}
+    grid = UniformGrid(config.bits, weight.shape[0], weight.shape[1], 0)
+    rounded = torch.stack([grid(weight.double(), j) for j in range(weight.shape[1])], dim=1)
+    codes, scale = grid.codes(rounded)
+    record_coded(model, name, coded_layer(table, Codes(codes, scale, torch.zeros(scale.shape, dtype=torch.int32),
+                                                       config.bits)))
+    return {"action": f"{config.bits}-bit per token (rounded)", "error": None}
