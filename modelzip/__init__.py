@@ -16,6 +16,7 @@ from .lowrank import LowRankConfig, factorize_, low_rank
 from .models import build
 from .pipeline import Compressed, compress
 from .prune import PruneConfig, iterative_prune, obd_score, prune_
+from .second_order import SecondOrderConfig, second_order_
 from .quantize import (QuantizeConfig, QuantSpec, UniformConfig, prepare_qat, quantize_, quantize_weights_,
                        trained_quantization, uniform_quantization)
 from .recipes import Recipe, load_recipe
@@ -30,9 +31,10 @@ __version__ = "0.1.0"
 __all__ = [
     "ChannelPruneConfig", "ChecksumError", "Compressed", "ConfigError", "DataBundle", "DataError", "DistillConfig",
     "FormatError", "GaussianMixturePrior", "LowRankConfig", "ModelError", "ModelzipError", "PruneConfig",
-    "QuantSpec", "QuantizeConfig", "Recipe", "SlimmingConfig", "SoftSharingConfig", "TrainConfig", "TruncatedError",
-    "UniformConfig", "allocate", "build", "compress", "dumps", "evaluate", "factorize_", "fit", "header",
-    "iterative_prune", "kd_loss", "load", "load_data", "load_recipe", "loads", "low_rank", "network_slimming",
-    "obd_score", "predict", "prepare_qat", "prune_", "prune_channels_", "quantize_", "quantize_weights_", "save",
-    "soft_weight_sharing", "strip", "trained_quantization", "uniform_quantization",
+    "QuantSpec", "QuantizeConfig", "Recipe", "SecondOrderConfig", "SlimmingConfig", "SoftSharingConfig",
+    "TrainConfig", "TruncatedError", "UniformConfig", "allocate", "build", "compress", "dumps", "evaluate",
+    "factorize_", "fit", "header", "iterative_prune", "kd_loss", "load", "load_data", "load_recipe", "loads",
+    "low_rank", "network_slimming", "obd_score", "predict", "prepare_qat", "prune_", "prune_channels_", "quantize_",
+    "quantize_weights_", "save", "second_order_", "soft_weight_sharing", "strip", "trained_quantization",
+    "uniform_quantization",
 ]

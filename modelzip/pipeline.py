@@ -32,6 +32,7 @@ from .prune import iterative_prune
 from .quantize import trained_quantization, uniform_quantization
 from .recipes import Recipe, load_recipe
 from .report import build_report
+from .second_order import Method, second_order_
 from .soft_sharing import SoftSharing, soft_weight_sharing
 from .structured import network_slimming
 from .train import LossFn, cross_entropy, fit
@@ -66,7 +67,9 @@ def compress(model: nn.Module, data: DataBundle | Data | None = None, recipe: Re
     the report's ratio and metric before are the teacher's. A `soft_sharing` stage retrains under
     a Gaussian-mixture prior and quantizes to its means; `Compressed.soft_sharing` then holds the
     priors and weight vectors the pictures are drawn from. A `uniform` stage leaves integer-coded layers,
-    stored at their bit width. A `slimming` or `low_rank` stage changes the network's structure; the
+    stored at their bit width. A `second_order` stage prunes and/or quantizes post-training with OBS
+    compensation on `calibration` (else `data`); the report's `second_order` says what each layer became.
+    A `slimming` or `low_rank` stage changes the network's structure; the
     report's `structure` then compares parameters, FLOPs and CPU latency per layer of the given and
     the decoded network.
     """
@@ -75,7 +78,7 @@ def compress(model: nn.Module, data: DataBundle | Data | None = None, recipe: Re
     bundle = data if isinstance(data, DataBundle) else None
     train = bundle.train if bundle is not None else data
     test = bundle.test if bundle is not None else None
-    _check_stages(recipe, train, bundle)
+    _check_stages(recipe, train, bundle, calibration)
     input_shape = bundle.input_shape if bundle is not None else _input_shape(calibration or train)
     if bundle is not None:
         check_outputs(model, bundle)
@@ -107,6 +110,11 @@ def compress(model: nn.Module, data: DataBundle | Data | None = None, recipe: Re
     if recipe.prune is not None:
         iterative_prune(work, train, recipe.prune, test=test, loss_fn=loss_fn)
         measure("after_prune")
+    compensated = None
+    if recipe.second_order is not None:
+        strip(work)  # an earlier prune's masks become zeros, which the stage keeps
+        compensated = second_order_(work, calibration if calibration is not None else train, recipe.second_order)
+        measure("after_second_order")
     sharing = None
     if recipe.soft_sharing is not None:
         sharing = soft_weight_sharing(work, train, recipe.soft_sharing, test=test, loss_fn=loss_fn)
@@ -134,6 +142,8 @@ def compress(model: nn.Module, data: DataBundle | Data | None = None, recipe: Re
         atomic_write(out, lambda f: f.write(blob))
     report = build_report(blob, dense_bytes=dense_bytes(model))
     report.update(stages=stages, seconds=round(time.perf_counter() - began, 1))
+    if compensated is not None:
+        report["second_order"] = compensated
     structural = recipe.slimming is not None or recipe.low_rank is not None
     if structural and input_shape is not None:  # the running network changed: measure it
         report["structure"] = compare(profile(model, input_shape), profile(decoded, input_shape))
@@ -166,7 +176,7 @@ def _metric(model: nn.Module, metric: Metric | None, name: str | None, bundle: D
     return None  # nothing to measure on: the report says so
 
 
-def _check_stages(recipe: Recipe, train: Data | None, bundle: DataBundle | None) -> None:
+def _check_stages(recipe: Recipe, train: Data | None, bundle: DataBundle | None, calibration: Data | None) -> None:
     """Refuse up front, naming the stage, what the data given cannot feed (before any work is done)."""
     training = [name for name, stage in (("distill", recipe.distill), ("slimming", recipe.slimming),
                                          ("low_rank", recipe.low_rank), ("prune", recipe.prune),
@@ -177,6 +187,10 @@ def _check_stages(recipe: Recipe, train: Data | None, bundle: DataBundle | None)
     if train is None and training:
         raise ConfigError(f"recipe {recipe.name!r} trains in stage(s) {', '.join(training)}: give training data "
                           "(a DataLoader or list of batches), or use a post-training recipe such as int8")
+    if train is None and calibration is None and recipe.second_order is not None \
+            and recipe.second_order.method is Method.OBS:
+        raise ConfigError("stage second_order measures each layer's inputs: give calibration batches (unlabelled "
+                          "inputs are enough) or data, or use method: plain")
     if bundle is not None:
         return
     needs_bundle = [n for n, stage in (("distill", recipe.distill), ("slimming", recipe.slimming)) if stage]

@@ -192,3 +192,18 @@ def test_cli_pretrained_skips_training_and_eval_checks_the_input_shape(tmp_path,
     assert main(["compress", "--model", "test_workflow:failing_builder", "--data", "digits",
                  "--out", str(tmp_path / "x.mzip")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_second_order_recipe_on_unlabelled_batches_beats_plain_rounding(digits, trained_lenet):
+    calibration = TensorDataset(digits.train.tensors[0][:512])
+    plain = Recipe(name="plain", second_order=modelzip.SecondOrderConfig(bits=3, group_size=0, method="plain"))
+    obs = Recipe(name="obs", second_order=modelzip.SecondOrderConfig(bits=3, group_size=0))
+    reports = {r.name: modelzip.compress(trained_lenet, digits, r, calibration=calibration).report
+               for r in (plain, obs)}
+    assert reports["obs"]["second_order"]["fc1"]["action"] == "obs, 3-bit"
+    assert reports["obs"]["second_order"]["fc1"]["error"] < 0.01
+    assert abs(reports["obs"]["file_bytes"] - reports["plain"]["file_bytes"]) < 0.05 * reports["plain"]["file_bytes"]
+    assert reports["obs"]["compression_ratio"] > 8
+    assert reports["obs"]["accuracy_after"] >= reports["plain"]["accuracy_after"] - 0.005
+    with pytest.raises(ConfigError, match="second_order measures each layer's inputs"):
+        modelzip.compress(trained_lenet, None, obs)

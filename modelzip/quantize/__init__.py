@@ -17,8 +17,9 @@ from .uniform import Observer, QuantSpec, dequantize, fake_quantize, qparams, qr
 
 __all__ = ["HashStructure", "HashedConv2d", "HashedLinear", "Init", "NoiseMode", "Observer", "PQConv2d", "PQLinear",
            "PQWeights", "QATMethod", "QuantNoise", "QuantSpec", "QuantizeConfig", "QuantizedConv2d",
-           "QuantizedEmbedding", "QuantizedLinear", "RangeObserver", "SharedWeights", "UniformConfig", "bit_specs", "calibrate_activations",
-           "coded_layer", "dequantize", "fake_quantize", "finish_quant_noise", "hash_", "initial_centroids", "int8_model",
-           "kmeans_codebook", "lloyd_1d", "mixed_precision", "pack", "packed_size", "pq_bytes", "pq_decode", "pq_encode",
-           "pq_quantize_", "prepare_qat", "prepare_quant_noise", "qparams", "qrange", "quantize", "quantize_",
-           "quantize_weights_", "record_coded", "synthesize", "trained_quantization", "uniform_quantization", "unpack"]
+           "QuantizedEmbedding", "QuantizedLinear", "RangeObserver", "SharedWeights", "UniformConfig", "bit_specs",
+           "calibrate_activations", "coded_layer", "dequantize", "fake_quantize", "finish_quant_noise", "hash_",
+           "initial_centroids", "int8_model", "kmeans_codebook", "lloyd_1d", "mixed_precision", "pack", "packed_size",
+           "pq_bytes", "pq_decode", "pq_encode", "pq_quantize_", "prepare_qat", "prepare_quant_noise", "qparams",
+           "qrange", "quantize", "quantize_", "quantize_weights_", "record_coded", "synthesize",
+           "trained_quantization", "uniform_quantization", "unpack"]

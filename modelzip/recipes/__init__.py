@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..lowrank import LowRankConfig
 from ..prune import PruneConfig
 from ..quantize import QuantizeConfig, UniformConfig
+from ..second_order import SecondOrderConfig
 from ..soft_sharing import SoftSharingConfig
 from ..structured import SlimmingConfig
 from ..train import TrainConfig
@@ -46,6 +47,7 @@ class Recipe:
     slimming: SlimmingConfig | None = None  # channels removed for real: a smaller dense network
     low_rank: LowRankConfig | None = None  # layers replaced by products of thin ones
     prune: PruneConfig | None = None
+    second_order: SecondOrderConfig | None = None  # one-shot post-training prune/quantize with OBS compensation
     soft_sharing: SoftSharingConfig | None = None  # retrain under a mixture prior, quantize to its means
     quantize: QuantizeConfig | None = None  # k-means weight sharing (Deep Compression)
     uniform: UniformConfig | None = None  # uniform integer codes (int8, int4, binary, ...): post-training or QAT
@@ -53,9 +55,12 @@ class Recipe:
 
     def __post_init__(self) -> None:
         chosen = [k for k in ("soft_sharing", "quantize", "uniform") if getattr(self, k) is not None]
+        second = self.second_order
+        if second is not None and (second.bits is not None or second.codebook is not None):
+            chosen.append("second_order")
         if len(chosen) > 1:
-            raise ConfigError(f"a recipe takes one of soft_sharing, quantize and uniform, got {' and '.join(chosen)}: "
-                              "each quantizes the weights its own way")
+            raise ConfigError(f"a recipe takes one of soft_sharing, quantize, uniform and a quantizing second_order, "
+                              f"got {' and '.join(chosen)}: each quantizes the weights its own way")
 
 
 def built_in() -> list[str]:
@@ -115,6 +120,10 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return {str(k): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if origin is tuple:  # tuple[X, ...]: a YAML list
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
     if isinstance(hint, type) and issubclass(hint, Enum):
         try:
             return hint(value)

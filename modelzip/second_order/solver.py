@@ -74,11 +74,13 @@ def inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
 
 
 def obs_compress(weight: torch.Tensor, hessian: torch.Tensor, *, quantize: Quantizer | None = None,
-                 pruning: Pruning = Pruning(), damp: float = 0.01, block: int = 128) -> torch.Tensor:
+                 pruning: Pruning = Pruning(), zero: torch.Tensor | None = None, damp: float = 0.01,
+                 block: int = 128) -> torch.Tensor:
     """`weight` (rows, columns) pruned and/or quantized column by column with OBS compensation.
 
     `quantize(w, j)` maps the (compensated) weights of input j, `w[:, j]`, onto their allowed values; pruned
-    weights are exactly 0. Inputs the calibration never exercised (a zero diagonal) are pruned for free.
+    weights are exactly 0, and so are the weights `zero` marks (pruned earlier, they stay pruned). Inputs
+    the calibration never exercised (a zero diagonal) are pruned for free.
     Returns the new weight in `weight`'s dtype; `weight` is not modified.
     """
     w = weight.detach().double().clone()
@@ -102,6 +104,8 @@ def obs_compress(weight: torch.Tensor, hessian: torch.Tensor, *, quantize: Quant
             value = quantize(w, start + i).double() if quantize is not None else column.clone()
             if mask is not None:
                 value[mask[:, i % step]] = 0.0
+            if zero is not None:
+                value[zero[:, start + i]] = 0.0
             errors[:, i] = (column - value) / ub[i, i]
             wb[:, i:] -= errors[:, i : i + 1] * ub[i : i + 1, i:]
             wb[:, i] = value  # exact: no rounding drift from the update

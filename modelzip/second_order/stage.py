@@ -182,8 +182,9 @@ def _compress_layer(model: nn.Module, name: str, module: nn.Module, h: torch.Ten
     for g in range(groups):
         grid = UniformGrid(config.bits, rows.shape[1], cols, config.group_size) if config.bits else None
         damp = config.damp if h is not None else 0.0
-        new = obs_compress(rows[g], hs[g], quantize=grid or codebook, pruning=config.pruning, damp=damp,
-                           block=config.block)
+        zero = rows[g] == 0  # weights pruned by an earlier stage stay pruned
+        new = obs_compress(rows[g], hs[g], quantize=grid or codebook, pruning=config.pruning,
+                           zero=zero if zero.any() else None, damp=damp, block=config.block)
         new_rows.append(new)
         if grid is not None:
             c, s = grid.codes(new)

@@ -8,6 +8,7 @@ import torch
 import modelzip
 from modelzip.errors import ConfigError
 from modelzip.quantize import QuantizedLinear, UniformConfig, int8_model, uniform_quantization
+from modelzip.second_order import SecondOrderConfig
 from modelzip.recipes import Recipe, from_mapping, load_recipe
 from modelzip.train import TrainConfig, evaluate, fit
 
@@ -71,8 +72,11 @@ def test_config_errors(digits, trained_lenet, config, message):
 
 
 def test_a_recipe_quantizes_one_way():
-    with pytest.raises(ConfigError, match="one of soft_sharing, quantize and uniform, got quantize and uniform"):
+    with pytest.raises(ConfigError, match="quantizing second_order, got quantize and uniform"):
         dataclasses.replace(load_recipe("deep-compression"), uniform=UniformConfig())
+    with pytest.raises(ConfigError, match="got uniform and second_order"):
+        Recipe(uniform=UniformConfig(), second_order=SecondOrderConfig(bits=4))
+    assert Recipe(uniform=UniformConfig(), second_order=SecondOrderConfig(sparsity=0.5)).second_order.sparsity == 0.5
     assert Recipe(uniform=UniformConfig(bits=6)).uniform.spec().bits == 6
 
 

@@ -108,7 +108,7 @@ def test_recipe_takes_the_prior_settings_from_yaml():
 
 
 def test_soft_sharing_and_quantize_in_one_recipe_is_an_error():
-    with pytest.raises(ConfigError, match="one of soft_sharing, quantize and uniform, got soft_sharing and quantize"):
+    with pytest.raises(ConfigError, match="second_order, got soft_sharing and quantize"):
         Recipe(soft_sharing=SoftSharingConfig(), quantize=modelzip.QuantizeConfig())
 
 
