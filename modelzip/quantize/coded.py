@@ -42,6 +42,7 @@ class CodedLayer(nn.Module):
     """
 
     modelzip_weights: tuple[str, ...] = ()  # the codes are final: nothing left for other methods to compress
+    code_buffers: tuple[str, ...] = ()  # the buffers that replace the weight
 
     def __init__(self, *args: Any, device: Any = None, dtype: torch.dtype | None = None, **kwargs: Any) -> None:
         super().__init__(*args, device=device, dtype=dtype, **kwargs)
@@ -54,14 +55,13 @@ class CodedLayer(nn.Module):
         return math.prod(self.weight_shape)
 
     def decoded(self) -> nn.Module:
-        """The plain nn.Linear / nn.Conv2d computing what this layer does, its weight a real Parameter
-        (for code that needs one, such as torch.ao's int8 conversion)."""
-        base = next(c for c in UNIFORM_CODED if isinstance(self, c))
-        plain = base(**layer_args(self)).train(self.training)
-        with torch.no_grad():
-            plain.weight.copy_(self.weight)
-            if getattr(self, "bias", None) is not None:
-                plain.bias.copy_(self.bias)
+        """The float layer (its own class: nn.Linear, nn.Conv2d, a user's subclass) computing what this
+        layer does, its weight a real Parameter (for code that needs one, such as torch.ao's int8 conversion)."""
+        plain = _shallow_copy(self, float_type(type(self)))
+        for name in (*self.code_buffers, "weight_shape", "_device"):
+            plain._buffers.pop(name, None)
+            plain.__dict__.pop(name, None)
+        plain.weight = nn.Parameter(self.weight.detach().clone())
         return plain
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
@@ -76,9 +76,25 @@ class UniformCoded(CodedLayer):
     which keeps one outlier from widening the step of a whole row.
     """
 
+    code_buffers = ("codes", "scale", "zero_point")
+
     def __init__(self, *args: Any, bits: int = 8, per_channel: bool = True, signed: bool = True,
                  group_size: int = 0, dtype: torch.dtype | None = None, **kwargs: Any) -> None:
         super().__init__(*args, dtype=dtype, **kwargs)
+        self._setup(bits, per_channel, signed, group_size, dtype or torch.get_default_dtype())
+
+    @classmethod
+    def converted(cls, layer: nn.Module, *, bits: int = 8, per_channel: bool = True, signed: bool = True,
+                  group_size: int = 0) -> UniformCoded:
+        """`layer` (any nn.Linear / nn.Conv2d / nn.Embedding subclass, its own forward and children kept)
+        as a coded layer with empty codes: its class gains UniformCoded, its weight Parameter goes."""
+        new = _shallow_copy(layer, uniform_class(type(layer)))
+        weight = new._parameters.pop("weight")
+        new.weight_shape, new._device = tuple(weight.shape), weight.device
+        new._setup(bits, per_channel, signed, group_size, weight.dtype)
+        return new
+
+    def _setup(self, bits: int, per_channel: bool, signed: bool, group_size: int, dtype: torch.dtype) -> None:
         if not 1 <= bits <= 8:
             raise ConfigError(f"uniform codes take 1..8 bits, got {bits!r}")
         inputs = math.prod(self.weight_shape[1:])
@@ -89,7 +105,7 @@ class UniformCoded(CodedLayer):
         if group_size:
             channels = (self.weight_shape[0], inputs // group_size)
         self._buffer("codes", self.weight_shape, torch.int8 if signed else torch.uint8)
-        self._buffer("scale", channels, dtype or torch.get_default_dtype())
+        self._buffer("scale", channels, dtype)
         self._buffer("zero_point", channels, torch.int32)
 
     @property
@@ -109,6 +125,8 @@ class UniformCoded(CodedLayer):
 
 class PQCoded(CodedLayer):
     """Product-quantization codes: each `block_size` sub-vector of a row is one of `centroids` codewords."""
+
+    code_buffers = ("codes", "codebook")
 
     def __init__(self, *args: Any, block_size: int = 8, centroids: int = 256, dtype: torch.dtype | None = None,
                  **kwargs: Any) -> None:
@@ -157,6 +175,32 @@ class PQConv2d(PQCoded, nn.Conv2d):
 
 
 UNIFORM_CODED = (nn.Linear, nn.Conv2d, nn.Embedding)
+_UNIFORM_CLASSES: dict[type[nn.Module], type[UniformCoded]] = {
+    nn.Linear: QuantizedLinear, nn.Conv2d: QuantizedConv2d, nn.Embedding: QuantizedEmbedding}
+
+
+def uniform_class(base: type[nn.Module]) -> type[UniformCoded]:
+    """The coded class of a float layer class; a user's subclass (its own forward) gets one made for it."""
+    if base not in _UNIFORM_CLASSES:
+        if not issubclass(base, UNIFORM_CODED) or issubclass(base, CodedLayer):
+            raise ModelError(f"{base.__name__} is not an nn.Linear, nn.Conv2d or nn.Embedding to hold integer codes")
+        _UNIFORM_CLASSES[base] = type(f"Quantized{base.__name__}", (UniformCoded, base),
+                                      {"__module__": base.__module__, "__doc__": f"{base.__name__} with integer codes."})
+    return _UNIFORM_CLASSES[base]
+
+
+def float_type(coded: type[CodedLayer]) -> type[nn.Module]:
+    """The float layer class a coded class computes as (the first class after the coded mixins)."""
+    return next(c for c in coded.__mro__[1:] if not issubclass(c, CodedLayer))
+
+
+def _shallow_copy(layer: nn.Module, cls: type[nn.Module]) -> nn.Module:
+    """A new module of class `cls` sharing `layer`'s tensors and children, with dicts of its own."""
+    new = cls.__new__(cls)
+    new.__dict__.update(layer.__dict__)
+    for key in ("_parameters", "_buffers", "_modules"):
+        new.__dict__[key] = dict(layer.__dict__[key])
+    return new
 CODED = {("uniform", nn.Linear): QuantizedLinear, ("uniform", nn.Conv2d): QuantizedConv2d,
          ("uniform", nn.Embedding): QuantizedEmbedding,
          ("pq", nn.Linear): PQLinear, ("pq", nn.Conv2d): PQConv2d}
@@ -179,7 +223,7 @@ def quantize_weights_(model: nn.Module, spec: QuantSpec | Mapping[str, QuantSpec
     layer (plain or pruned) is quantized after training: `spec` (one, or one per kind) with the range of
     `observe`, `layers` overriding by name pattern. Per-channel specs must use axis 0 (output channels).
     """
-    found = [t for t in targets(model) if plain_type(t.module) in UNIFORM_CODED]
+    found = [t for t in targets(model) if isinstance(t.module, UNIFORM_CODED) and not isinstance(t.module, CodedLayer)]
     if not found:
         raise ModelError(f"{type(model).__name__} has no nn.Linear, nn.Conv2d or nn.Embedding layer to quantize")
     wanted = per_target(model, found, spec, layers)
@@ -242,6 +286,8 @@ def coded_layer(layer: nn.Module, codes: Codes | PQCodes) -> CodedLayer:
     args = layer_args(layer)
     with torch.no_grad():
         if isinstance(codes, PQCodes):
+            if ("pq", base) not in CODED:
+                raise ModelError(f"product-quantized codes need a plain nn.Linear or nn.Conv2d, not {base.__name__}")
             new: CodedLayer = CODED["pq", base](**args, block_size=codes.codebook.shape[1],
                                             centroids=codes.codebook.shape[0])
             new.codes.copy_(codes.codes)
@@ -250,8 +296,10 @@ def coded_layer(layer: nn.Module, codes: Codes | PQCodes) -> CodedLayer:
             fits_int8 = codes.codes.numel() == 0 or int(codes.codes.max()) < 128  # asymmetric 8-bit codes do not
             grouped = codes.scale.dim() == 2
             group_size = codes.codes[0].numel() // codes.scale.shape[1] if grouped else 0
-            new = CODED["uniform", base](**args, bits=codes.bits, per_channel=codes.scale.dim() >= 1,
-                                         signed=fits_int8, group_size=group_size)
+            layout = {"bits": codes.bits, "per_channel": codes.scale.dim() >= 1, "signed": fits_int8,
+                      "group_size": group_size}
+            new = CODED["uniform", base](**args, **layout) if ("uniform", base) in CODED \
+                else UniformCoded.converted(layer, **layout)
             new.codes.copy_(codes.codes)
             new.scale.copy_(codes.scale)
             new.zero_point.copy_(codes.zero_point)
@@ -277,8 +325,11 @@ def _replay(model: nn.Module, edit: Edit) -> None:
 
     def make(layer: nn.Module) -> nn.Module:
         try:
+            if kind == "uniform" and (kind, plain_type(layer)) not in CODED:
+                return UniformCoded.converted(layer, **options)
             return CODED[kind, plain_type(layer)](**layer_args(layer), **options)
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"unknown coded layer {kind!r} with {options}: {exc}") from None
 
-    swap_layer(model, edit, lambda layer: plain_type(layer) in UNIFORM_CODED, make)
+    swap_layer(model, edit, lambda layer: isinstance(layer, UNIFORM_CODED) and not isinstance(layer, CodedLayer),
+               make)

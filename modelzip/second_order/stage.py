@@ -26,6 +26,7 @@ from ..data.feed import Data
 from ..errors import ConfigError
 from ..layers import targets
 from ..quantize import coded_layer, record_coded
+from ..quantize.coded import UNIFORM_CODED
 from ..quantize.qat import Codes
 from .grids import Codebook, UniformGrid
 from .hessian import hessians, names_in_order, supported
@@ -194,10 +195,10 @@ def _compress_layer(model: nn.Module, name: str, module: nn.Module, h: torch.Ten
     error = output_error(rows, torch.stack(new_rows), hs) if h is not None else None
     result = {"action": config.describe(), "error": error,
               "kept_fraction": float(new_weight.count_nonzero()) / max(new_weight.numel(), 1)}
-    if config.bits is None or not isinstance(module, (nn.Linear, nn.Conv2d)):
+    if config.bits is None or not isinstance(module, UNIFORM_CODED):
         with torch.no_grad():
             module.weight.copy_(new_weight)
-        if config.bits is not None:  # the grid's values stay floats: the codec's codebook encoding stores them
+        if config.bits is not None:  # a Conv1d: the grid's values stay floats
             result["action"] += " (float values: no integer layer for this type)"
         return result
     scale = torch.cat(scales)

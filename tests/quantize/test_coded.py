@@ -173,3 +173,31 @@ def test_code_buffers_live_where_the_layer_was_built():
     layer = QuantizedConv2d(3, 4, 3, bias=False, bits=4, device="meta")
     assert layer.codes.is_meta and layer.scale.is_meta and layer.weight.shape == (4, 3, 3, 3)
     assert "weight" not in dict(layer.named_parameters()) and layer.modelzip_coded_weights == 108
+
+
+class PaddedConv(nn.Conv2d):
+    """A user's Conv2d subclass with its own forward and a child module (as EfficientNet's same-padding conv)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, 4, 3)
+        self.pad = nn.ZeroPad2d(1)
+
+    def forward(self, x):
+        return super().forward(self.pad(x))
+
+
+def test_subclassed_layers_keep_their_forward_as_coded_layers(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(PaddedConv(2), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+    x = torch.randn(3, 2, 5, 5)
+    before = model(x)
+    assert quantize_weights_(model) == {"0": "8-bit", "2": "8-bit"}
+    coded = model[0]
+    assert isinstance(coded, PaddedConv) and coded.codes.dtype == torch.int8 and "weight" not in coded._parameters
+    assert type(coded).__name__ == "QuantizedPaddedConv" and (model(x) - before).abs().max() < 0.05
+    plain = coded.decoded()
+    assert type(plain) is PaddedConv and isinstance(plain.weight, nn.Parameter)
+    assert torch.equal(plain(x), coded(x)) and not hasattr(plain, "codes")
+    io.save(model, tmp_path / "p.mzip")
+    fresh = nn.Sequential(PaddedConv(2), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+    assert torch.equal(io.load(tmp_path / "p.mzip", fresh)(x), model(x))
