@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from .data.feed import Batch, call
 from .errors import ConfigError, ModelError
 from .layers import eval_mode, parameter_count
 from .models.activations import LMA
@@ -164,9 +165,10 @@ def latency(model: nn.Module, example: torch.Tensor, *, repeats: int = 30, warmu
         return _median_latency(model, example, repeats, warmup)
 
 
-def compare_latency(models: Mapping[str, nn.Module], example: torch.Tensor, rounds: int = 30, *,
+def compare_latency(models: Mapping[str, nn.Module], example: Batch, rounds: int = 30, *,
                     warmup: int = 5) -> dict[str, float]:
-    """Median seconds per forward pass of each model, timed side by side.
+    """Median seconds per forward pass of each model on `example` (a tensor, or a dict of keyword inputs),
+    timed side by side.
 
     Each round times every model once, starting one model later than the previous round, so a noisy
     spell of a shared machine (or the cache left by the model before) hits all of them alike and their
@@ -182,7 +184,7 @@ def compare_latency(models: Mapping[str, nn.Module], example: torch.Tensor, roun
             stack.enter_context(_inference(m))
         for m in models.values():
             for _ in range(warmup):
-                m(example)
+                call(m, example)
         for r in range(rounds):
             for n in names[r % len(names):] + names[:r % len(names)]:
                 times[n].append(_timed(models[n], example))
@@ -300,9 +302,9 @@ def _hooked(modules: Mapping[str, nn.Module], pre: Callable[..., None] | None = 
             h.remove()
 
 
-def _timed(model: nn.Module, example: torch.Tensor) -> float:
+def _timed(model: nn.Module, example: Batch) -> float:
     start = time.perf_counter()
-    model(example)
+    call(model, example)
     return time.perf_counter() - start
 
 

@@ -14,7 +14,9 @@ names every one and why.
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -24,7 +26,7 @@ from torch import nn
 
 from ..data.feed import Data
 from ..errors import ConfigError
-from ..layers import targets
+from ..layers import per_target, targets
 from ..quantize import coded_layer, record_coded
 from ..quantize.coded import UNIFORM_CODED
 from ..quantize.qat import Codes
@@ -49,6 +51,9 @@ class SecondOrderConfig:
     codebook: int | None = None  # bits of a per-layer k-means codebook (non-uniform; 1..8), instead of `bits`
     embeddings: bool = True  # quantize Embedding tables too (by rounding: they have nothing to compensate with)
     exclude: tuple[str, ...] = ()  # module-name patterns left as they are (e.g. a classifier head)
+    # module-name pattern -> bits of `bits` or `codebook` (whichever is set) for those layers, e.g. wider
+    # codes for the first and last layers or depthwise convolutions, which hold few weights and matter most
+    layers: Mapping[str, int] | None = None
     method: Method = Method.OBS
     examples: int = 256  # calibration examples for the Hessians
     damp: float = 0.01  # added to H's diagonal, relative to its mean
@@ -76,6 +81,8 @@ class SecondOrderConfig:
                               f"got {self.examples}, {self.block}, {self.group_size}, {self.damp}")
         if m and self.block % m:
             raise ConfigError(f"second_order.block ({self.block}) must be a multiple of the pattern's M ({m})")
+        if self.layers and self.bits is None and self.codebook is None:
+            raise ConfigError("second_order.layers gives bits per layer: set bits or codebook too")
         if self.bits is None and self.codebook is None and not self.sparsity and self.pattern is None:
             raise ConfigError("second_order does nothing: give sparsity, pattern, bits or codebook")
 
@@ -122,13 +129,15 @@ def second_order_(model: nn.Module, calibration: Data | None, config: SecondOrde
         else:
             chosen[t.name] = t.module
     names = names_in_order(model, chosen)
+    widths = _widths(model, chosen, config)
     if config.method is Method.OBS and not config.sequential:
         found = hessians(model, {n: chosen[n] for n in names if not isinstance(chosen[n], nn.Embedding)},
                          calibration, config.examples)
     for name in names:
         module = chosen[name]
+        layer_config = widths[name]
         if isinstance(module, nn.Embedding):
-            summary[name] = _round_table(model, name, module, config)
+            summary[name] = _round_table(model, name, module, layer_config)
             continue
         if config.method is Method.PLAIN:
             h = None
@@ -139,8 +148,19 @@ def second_order_(model: nn.Module, calibration: Data | None, config: SecondOrde
         if config.method is Method.OBS and h is None:
             summary[name] = {"action": "kept: the calibration batches never reach it"}
             continue
-        summary[name] = _compress_layer(model, name, module, h, config)
+        summary[name] = _compress_layer(model, name, module, h, layer_config)
     return summary
+
+
+def _widths(model: nn.Module, chosen: dict[str, nn.Module], config: SecondOrderConfig
+            ) -> dict[str, SecondOrderConfig]:
+    """Each chosen layer's own config: `layers` overrides the bit width by name pattern."""
+    if not config.layers:
+        return dict.fromkeys(chosen, config)
+    found = [t for t in targets(model) if t.name in chosen]
+    key = "bits" if config.bits is not None else "codebook"
+    bits = per_target(model, found, getattr(config, key), config.layers)
+    return {t.name: dataclasses.replace(config, layers=None, **{key: bits[t]}) for t in found}
 
 
 def _skip_reason(name: str, module: nn.Module, config: SecondOrderConfig, shared: set[str]) -> str | None:

@@ -106,3 +106,11 @@ def test_weights_already_pruned_stay_pruned(cnn):
     zeros = cnn.head.weight == 0
     second_order_(cnn, [images()], SecondOrderConfig(bits=4, group_size=0))
     assert (cnn.head.weight[zeros] == 0).all()
+
+
+def test_layers_override_the_width_by_name(cnn):
+    summary = second_order_(cnn, [images()], SecondOrderConfig(bits=4, group_size=0, layers={"depth*": 8, "head": 6}))
+    assert (cnn.depthwise.bits, cnn.head.bits, cnn.stem.bits) == (8, 6, 4)
+    assert summary["depthwise"]["action"] == "obs, 8-bit"
+    with pytest.raises(modelzip.ConfigError, match="matches no compressible layer"):
+        second_order_(MobileBlock(), [images()], SecondOrderConfig(bits=4, layers={"nope": 8}))
