@@ -50,6 +50,21 @@ class CodedLayer(nn.Module):
         self.weight_shape, self._device = tuple(weight.shape), weight.device
 
     @property
+    def weight(self) -> torch.Tensor:
+        """The decoded weight, kept until a code buffer changes (replaced, or modified in place): a forward
+        pass then costs what the float layer's does, not a decode of the whole table each call."""
+        buffers = [getattr(self, name) for name in self.code_buffers]  # AttributeError while __init__ runs
+        key = (torch.is_inference_mode_enabled(), *((id(b), b._version) for b in buffers))
+        cached = self.__dict__.get("_decoded")
+        if cached is None or cached[0] != key:
+            cached = (key, self._decode())
+            self.__dict__["_decoded"] = cached
+        return cached[1]
+
+    def _decode(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
     def modelzip_coded_weights(self) -> int:
         """The weights the codes stand for, which `layers.parameter_count` counts as parameters."""
         return math.prod(self.weight_shape)
@@ -58,7 +73,7 @@ class CodedLayer(nn.Module):
         """The float layer (its own class: nn.Linear, nn.Conv2d, a user's subclass) computing what this
         layer does, its weight a real Parameter (for code that needs one, such as torch.ao's int8 conversion)."""
         plain = _shallow_copy(self, float_type(type(self)))
-        for name in (*self.code_buffers, "weight_shape", "_device"):
+        for name in (*self.code_buffers, "weight_shape", "_device", "_decoded"):
             plain._buffers.pop(name, None)
             plain.__dict__.pop(name, None)
         plain.weight = nn.Parameter(self.weight.detach().clone())
@@ -108,8 +123,7 @@ class UniformCoded(CodedLayer):
         self._buffer("scale", channels, dtype)
         self._buffer("zero_point", channels, torch.int32)
 
-    @property
-    def weight(self) -> torch.Tensor:
+    def _decode(self) -> torch.Tensor:
         if self.group_size:
             codes = self.codes.reshape(*self.scale.shape, self.group_size).to(torch.int32)
             return ((codes - self.zero_point[..., None]).to(self.scale.dtype)
@@ -140,8 +154,7 @@ class PQCoded(CodedLayer):
                      else torch.int16)
         self._buffer("codebook", (centroids, block_size), dtype or torch.get_default_dtype())
 
-    @property
-    def weight(self) -> torch.Tensor:
+    def _decode(self) -> torch.Tensor:
         return pq_decode(self.codebook, self.codes.long(), self.weight_shape, self.block_size)
 
     def extra_repr(self) -> str:

@@ -201,3 +201,17 @@ def test_subclassed_layers_keep_their_forward_as_coded_layers(tmp_path):
     io.save(model, tmp_path / "p.mzip")
     fresh = nn.Sequential(PaddedConv(2), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
     assert torch.equal(io.load(tmp_path / "p.mzip", fresh)(x), model(x))
+
+
+def test_the_decoded_weight_is_kept_until_the_codes_change():
+    layer = coded_layer(nn.Linear(4, 2), Codes(torch.ones(2, 4, dtype=torch.int32), torch.tensor([1.0, 2.0]),
+                                               torch.zeros(2, dtype=torch.int32), 4))
+    first = layer.weight
+    assert layer.weight is first  # no decode per call
+    layer.codes[0, 0] = 3  # in place
+    assert layer.weight[0, 0] == 3 and layer.weight is not first
+    layer.load_state_dict({**layer.state_dict(), "scale": torch.tensor([5.0, 5.0])})
+    assert layer.weight[1, 1] == 5
+    with torch.inference_mode():
+        inside = layer.weight
+    assert layer.weight is not inside  # inference tensors never leak into autograd
