@@ -303,18 +303,17 @@ def encoder_section() -> dict:
     calibration, measured = text_batches(sentences[:EXAMPLES]), text_batches(sentences[EXAMPLES:])
     fidelity = encoder_fidelity(outputs(model, measured))
     fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
-    configs: dict[str, SecondOrderConfig | str] = {
-        "modelzip-int8": "int8",
-        "modelzip-obs-int4-g128": SecondOrderConfig(bits=4, group_size=128),
-        "modelzip-plain-int4-g128": SecondOrderConfig(bits=4, group_size=128, method="plain"),
-        "modelzip-obs-int3-g128": SecondOrderConfig(bits=3, group_size=128, layers={"bert.embeddings.*": 4}),
-        "modelzip-plain-int3-g128": SecondOrderConfig(bits=3, group_size=128, layers={"bert.embeddings.*": 4},
-                                                      method="plain"),
-        "modelzip-obs-codebook-4": SecondOrderConfig(codebook=4),
-        "modelzip-plain-codebook-4": SecondOrderConfig(codebook=4, method="plain"),
-        "modelzip-obs-codebook-3": SecondOrderConfig(codebook=3, layers={"bert.embeddings.*": 4}),
-        "modelzip-plain-codebook-3": SecondOrderConfig(codebook=3, layers={"bert.embeddings.*": 4}, method="plain"),
-    }
+    # 68% of the weights are the word table: it gets a k-means codebook (Huffman-coded), the Linears int codes
+    # per group of 128 inputs, and the layers that matter least (the last block's feed-forward, before the
+    # mean pooling) fewer bits
+    last = {"bert.encoder.layer.2.intermediate.dense": 3, "bert.encoder.layer.2.output.dense": 3}
+    configs: dict[str, SecondOrderConfig | str] = {"modelzip-int8": "int8"}
+    for label, options in {"int5-table64": {"bits": 5, "embedding_codebook": 6},
+                           "int4-table64": {"bits": 4, "embedding_codebook": 6, "layers": last},
+                           "int4-table32": {"bits": 4, "embedding_codebook": 5, "layers": last},
+                           "int3-table16": {"bits": 3, "embedding_codebook": 4}}.items():
+        for method in ("obs", "plain"):
+            configs[f"modelzip-{method}-{label}"] = SecondOrderConfig(method=method, **options)
     runs = modelzip_runs(model, calibration, configs)
     began = time.perf_counter()
     dynamic, size = torch_dynamic_int8(model)

@@ -13,17 +13,28 @@ SHRINK = torch.linspace(1.0, 0.5, 11, dtype=torch.float64)  # clipping ranges tr
 class UniformGrid:
     """Symmetric codes in [-(2^(b-1) - 1), 2^(b-1) - 1] times a scale per output channel, or per `group_size`
     inputs of a channel. A scale is chosen when the solver reaches its first column, from the weights as
-    compensated so far, clipping the range where that lowers the rounding error (an MSE search)."""
+    compensated so far, clipping the range where that lowers the rounding error (an MSE search). When the
+    solver takes the columns in another `order` (the largest Hessian diagonal first), the groups stay runs
+    of consecutive inputs, so every scale is set up front from the original `weight` (static groups)."""
 
-    def __init__(self, bits: int, rows: int, cols: int, group_size: int = 0) -> None:
+    def __init__(self, bits: int, rows: int, cols: int, group_size: int = 0, *, order: torch.Tensor | None = None,
+                 weight: torch.Tensor | None = None) -> None:
         self.qmax = 2 ** (bits - 1) - 1
         self.group = group_size if group_size and cols % group_size == 0 and group_size < cols else cols
         self.scale = torch.ones(rows, cols // self.group, dtype=torch.float64)
+        self.order = order
+        if order is not None:  # columns come permuted: every group's scale is set up front, on `weight`
+            w = weight.double()
+            for g in range(self.scale.shape[1]):
+                self.scale[:, g] = self._scale(w[:, g * self.group : (g + 1) * self.group])
 
     def __call__(self, w: torch.Tensor, j: int) -> torch.Tensor:
-        g = j // self.group
-        if j % self.group == 0:
-            self.scale[:, g] = self._scale(w[:, j : j + self.group])
+        if self.order is not None:
+            g = int(self.order[j]) // self.group
+        else:
+            g = j // self.group
+            if j % self.group == 0:
+                self.scale[:, g] = self._scale(w[:, j : j + self.group])
         s = self.scale[:, g]
         return (w[:, j] / s).round().clamp(-self.qmax, self.qmax) * s
 

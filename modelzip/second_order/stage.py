@@ -8,8 +8,8 @@ against, at the same file size.
 
 Layers are taken in order and, with `sequential`, each one's Hessian is measured on the model whose
 earlier layers are already compressed, so later layers also absorb the error arriving from below.
-Embedding tables have no inputs to compensate with (each row is looked up alone): they are rounded
-per token. Layers the path cannot take, and layers excluded by name, stay as they are; the summary
+Embedding tables have no inputs to compensate with (each row is looked up alone): they are rounded,
+per token or to a codebook of their own; small tables (positions, token types) get 8 bits. Layers the path cannot take, and layers excluded by name, stay as they are; the summary
 names every one and why.
 """
 from __future__ import annotations
@@ -50,6 +50,12 @@ class SecondOrderConfig:
     group_size: int = 128  # inputs per scale for `bits` (0: one scale per output channel)
     codebook: int | None = None  # bits of a per-layer k-means codebook (non-uniform; 1..8), instead of `bits`
     embeddings: bool = True  # quantize Embedding tables too (by rounding: they have nothing to compensate with)
+    # bits of a k-means codebook for Embedding tables, whatever the other layers get: on a sentence encoder's
+    # word table 64 values Huffman-code to 4.2 bits a weight at the error of 6-bit per-token codes (5.5 bits)
+    embedding_codebook: int | None = None
+    # tables of at most this many rows (positions, token types) are added to every token: an error there is
+    # an error everywhere, and they are small, so they get 8 bits
+    small_table: int = 1024
     exclude: tuple[str, ...] = ()  # module-name patterns left as they are (e.g. a classifier head)
     # module-name pattern -> bits of `bits` or `codebook` (whichever is set) for those layers, e.g. wider
     # codes for the first and last layers or depthwise convolutions, which hold few weights and matter most
@@ -59,6 +65,9 @@ class SecondOrderConfig:
     damp: float = 0.01  # added to H's diagonal, relative to its mean
     block: int = 128  # columns updated together
     sequential: bool = True
+    # take each layer's inputs in order of decreasing H diagonal (GPTQ's act-order): the weights that
+    # matter most are decided first, while the most weights remain to compensate them (not with `pattern`)
+    act_order: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", Method(self.method))
@@ -67,8 +76,9 @@ class SecondOrderConfig:
             raise ConfigError("second_order takes bits (uniform codes) or codebook (k-means), not both")
         if self.bits is not None and not 2 <= self.bits <= 8:
             raise ConfigError(f"second_order.bits must be in 2..8, got {self.bits}")
-        if self.codebook is not None and not 1 <= self.codebook <= 8:
-            raise ConfigError(f"second_order.codebook must be in 1..8 bits, got {self.codebook}")
+        for key in ("codebook", "embedding_codebook"):
+            if getattr(self, key) is not None and not 1 <= getattr(self, key) <= 8:
+                raise ConfigError(f"second_order.{key} must be in 1..8 bits, got {getattr(self, key)}")
         if not 0 <= self.sparsity < 1:
             raise ConfigError(f"second_order.sparsity must be in [0, 1), got {self.sparsity}")
         if self.pattern is not None and self.sparsity:
@@ -83,7 +93,8 @@ class SecondOrderConfig:
             raise ConfigError(f"second_order.block ({self.block}) must be a multiple of the pattern's M ({m})")
         if self.layers and self.bits is None and self.codebook is None:
             raise ConfigError("second_order.layers gives bits per layer: set bits or codebook too")
-        if self.bits is None and self.codebook is None and not self.sparsity and self.pattern is None:
+        if self.bits is None and self.codebook is None and self.embedding_codebook is None and not self.sparsity \
+                and self.pattern is None:
             raise ConfigError("second_order does nothing: give sparsity, pattern, bits or codebook")
 
     @property
@@ -169,7 +180,8 @@ def _skip_reason(name: str, module: nn.Module, config: SecondOrderConfig, shared
     if name in shared:
         return "its weight is shared with another layer (tied)"
     if isinstance(module, nn.Embedding):
-        if not config.embeddings or (config.bits is None and config.codebook is None):
+        if not config.embeddings or (config.bits is None and config.codebook is None
+                                     and config.embedding_codebook is None):
             return "embedding tables are only quantized"
         return None
     return supported(module)
@@ -201,11 +213,18 @@ def _compress_layer(model: nn.Module, name: str, module: nn.Module, h: torch.Ten
                                 config.sparsity or config.nm[0] / max(config.nm[1], 1))
     new_rows, codes, scales = [], [], []
     for g in range(groups):
-        grid = UniformGrid(config.bits, rows.shape[1], cols, config.group_size) if config.bits else None
-        damp = config.damp if h is not None else 0.0
-        zero = rows[g] == 0  # weights pruned by an earlier stage stay pruned
-        new = obs_compress(rows[g], hs[g], quantize=grid or codebook, pruning=config.pruning,
-                           zero=zero if zero.any() else None, damp=damp, block=config.block)
+        w, hg, zero = rows[g], hs[g], rows[g] == 0  # weights pruned by an earlier stage stay pruned
+        order = hg.diagonal().argsort(descending=True) if config.act_order and h is not None \
+            and not config.nm[1] else None
+        grid = UniformGrid(config.bits, rows.shape[1], cols, config.group_size, order=order, weight=w) \
+            if config.bits else None
+        if order is not None:
+            w, hg, zero = w[:, order], hg[order][:, order], zero[:, order]
+        new = obs_compress(w, hg, quantize=grid or codebook, pruning=config.pruning,
+                           zero=zero if zero.any() else None, damp=config.damp if h is not None else 0.0,
+                           block=config.block)
+        if order is not None:
+            new = new[:, order.argsort()]
         new_rows.append(new)
         if grid is not None:
             c, s = grid.codes(new)
@@ -230,14 +249,17 @@ def _compress_layer(model: nn.Module, name: str, module: nn.Module, h: torch.Ten
 def _round_table(model: nn.Module, name: str, table: nn.Embedding, config: SecondOrderConfig) -> dict[str, Any]:
     """An Embedding table rounded row by row (per-token scales, or the table's k-means codebook)."""
     weight = table.weight.detach()
-    if config.codebook is not None:
-        book = Codebook.fit(weight, config.codebook)
+    bits, codebook = config.bits, config.embedding_codebook or config.codebook
+    if table.num_embeddings <= config.small_table:
+        bits, codebook = 8, None
+    if codebook is not None:
+        book = Codebook.fit(weight, codebook)
         with torch.no_grad():
             table.weight.copy_(book.round(weight))
-        return {"action": f"{2 ** config.codebook}-value codebook (rounded)", "error": None}
-    grid = UniformGrid(config.bits, weight.shape[0], weight.shape[1], 0)
+        return {"action": f"{2 ** codebook}-value codebook (rounded)", "error": None}
+    grid = UniformGrid(bits, weight.shape[0], weight.shape[1], 0)
     rounded = torch.stack([grid(weight.double(), j) for j in range(weight.shape[1])], dim=1)
     codes, scale = grid.codes(rounded)
     record_coded(model, name, coded_layer(table, Codes(codes, scale, torch.zeros(scale.shape, dtype=torch.int32),
-                                                       config.bits)))
-    return {"action": f"{config.bits}-bit per token (rounded)", "error": None}
+                                                       bits)))
+    return {"action": f"{bits}-bit per token (rounded)", "error": None}

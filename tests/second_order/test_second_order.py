@@ -92,12 +92,14 @@ def test_embeddings_are_rounded_per_token_and_tied_weights_are_named_and_kept():
     assert summary["mix"]["action"] == "obs, 4-bit"
     assert model.out.weight is model.embed.weight and isinstance(model.mix, QuantizedLinear)
     untied = nn.Sequential(nn.Embedding(30, 16), nn.Linear(16, 4))
-    summary = second_order_(untied, [ids], SecondOrderConfig(codebook=3, sparsity=0.5))
+    summary = second_order_(untied, [ids], SecondOrderConfig(codebook=3, sparsity=0.5, small_table=0))
     assert summary["0"]["action"] == "8-value codebook (rounded)"
     assert untied[0].weight.unique().numel() <= 8 and (untied[1].weight == 0).float().mean() >= 0.5
-    int_table = nn.Sequential(nn.Embedding(30, 16))
-    second_order_(int_table, None, SecondOrderConfig(bits=8, method="plain"))
-    assert isinstance(int_table[0], QuantizedEmbedding)
+    tables = nn.Sequential(nn.Embedding(2000, 16), nn.Embedding(30, 16))
+    summary = second_order_(tables, None, SecondOrderConfig(bits=4, embedding_codebook=2, method="plain"))
+    assert summary == {"0": {"action": "4-value codebook (rounded)", "error": None},
+                       "1": {"action": "8-bit per token (rounded)", "error": None}}  # a small table: 8 bits
+    assert tables[0].weight.unique().numel() == 4 and isinstance(tables[1], QuantizedEmbedding)
 
 
 def test_weights_already_pruned_stay_pruned(cnn):
