@@ -15,7 +15,9 @@ from .atomic import atomic_write
 from .data import DataBundle, load_data, sample, split
 from .distill import DistillConfig, adjust_bias_, distill, search_bias_offset, without_classes
 from .errors import ConfigError, ModelzipError
+from .data.text import read_lines, text_batches
 from .models import build, input_shape_of
+from .models.hf import HF_PREFIX, hf_tokenizer
 from .pipeline import compress
 from .recipes import built_in, load_recipe
 from .report import print_report, write_report
@@ -47,10 +49,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _compress(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
-    data = load_data(args.data, seed=args.seed)
-    model = build(args.model, data.input_shape, data.num_classes, weights=args.weights)
-    pretrained = args.pretrained or args.weights is not None
-    result = compress(model, data, load_recipe(args.recipe), pretrained=pretrained, out=args.out)
+    recipe = load_recipe(args.recipe)
+    if args.model.startswith(HF_PREFIX):  # a pretrained folder; its inputs are the lines of --calibration
+        if args.calibration is None:
+            raise ConfigError("an hf: model is calibrated on text: give --calibration FILE (one input per line)")
+        model = build(args.model, weights=args.weights)
+        batches = text_batches(read_lines(args.calibration), hf_tokenizer(args.model[len(HF_PREFIX):]))
+        result = compress(model, batches, recipe, out=args.out)
+    else:
+        data = load_data(args.data, seed=args.seed)
+        model = build(args.model, data.input_shape, data.num_classes, weights=args.weights)
+        pretrained = args.pretrained or args.weights is not None
+        result = compress(model, data, recipe, pretrained=pretrained, out=args.out)
     if args.report:
         write_report(result.report, args.report)
     print_report(result.report)
@@ -125,7 +135,12 @@ def _inspect(args: argparse.Namespace) -> int:
         print(json.dumps(header, indent=2))
         return 0
     console = Console()
-    console.print({k: v for k, v in header["meta"].items()})
+    meta = dict(header["meta"])
+    arch = meta.pop("arch", None)
+    if isinstance(arch, dict):  # the rebuild record can be long: its builder and edit count, not every edit
+        built = arch.get("name") or arch.get("import") or arch.get("hf") or "a model not made by modelzip.build"
+        meta["arch"] = f"{built}, {len(arch.get('edits') or [])} structural edits (--json shows them)"
+    console.print(meta)
     for name, entry in header["tensors"].items():
         details = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("sections",))
         console.print(f"[bold]{name}[/bold]: {details}")
@@ -192,7 +207,8 @@ def _parser() -> argparse.ArgumentParser:
 
     comp = commands.add_parser("compress", help="compress a model with a recipe into a .mzip file")
     comp.add_argument("--model", required=True, help="built-in name (lenet-300-100, lenet-5, mlp-800-800, "
-                      "mlp-1200-1200) or package.module:function returning an nn.Module")
+                      "mlp-1200-1200), package.module:function returning an nn.Module, or hf:DIR (a local Hugging "
+                      "Face folder, read offline)")
     comp.add_argument("--weights", help="state_dict file (torch.save); without it (or --pretrained) the recipe "
                       "trains the model first")
     comp.add_argument("--pretrained", action="store_true", help="the model comes trained (a function returning "
@@ -201,6 +217,9 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--recipe", default="deep-compression",
                       help=f"built-in recipe ({', '.join(built_in())}) or a YAML file")
     comp.add_argument("--out", required=True, help="the .mzip file to write")
+    comp.add_argument("--calibration", metavar="FILE", help="for hf: models, a text file of inputs (one per line, "
+                      "tokenized by the folder's tokenizer): post-training recipes calibrate on it, and the report's "
+                      "metric is the output cosine against the original on it")
     comp.add_argument("--report", help="write the JSON report here")
     comp.add_argument("--plots", help="folder for the soft weight-sharing pictures (default: beside --out)")
     comp.add_argument("--seed", type=int, default=0)

@@ -51,7 +51,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.min_steps < 0 or self.batch_size < 1 or self.lr <= 0:
+        if self.epochs < 0 or self.min_steps < 0 or self.batch_size < 1 or not 0 < self.lr < math.inf:
             raise ConfigError(f"training needs epochs >= 0, min_steps >= 0, batch_size >= 1 and lr > 0, got {self}")
         object.__setattr__(self, "optimizer", OptimizerName(self.optimizer))
 

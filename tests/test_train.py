@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from modelzip.errors import ModelError
+from modelzip.errors import ConfigError, ModelError
 from modelzip.models import build
 from modelzip.train import TrainConfig, cross_entropy, evaluate, fit, jittered
 
@@ -78,3 +78,9 @@ def test_jittered_loss_sees_shifted_inputs_with_the_same_labels():
     jittered(2, spy)(model, [images, labels])
     assert torch.equal(seen[0][1], labels) and seen[0][0].shape == images.shape
     assert not torch.equal(seen[0][0], images)
+
+
+@pytest.mark.parametrize("lr", [0.0, -1e-3, float("nan"), float("inf")])
+def test_a_learning_rate_must_be_a_positive_number(lr):
+    with pytest.raises(ConfigError, match="lr > 0"):
+        TrainConfig(lr=lr)

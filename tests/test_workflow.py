@@ -207,3 +207,41 @@ def test_second_order_recipe_on_unlabelled_batches_beats_plain_rounding(digits, 
     assert reports["obs"]["accuracy_after"] >= reports["plain"]["accuracy_after"] - 0.005
     with pytest.raises(ConfigError, match="second_order measures each layer's inputs"):
         modelzip.compress(trained_lenet, None, obs)
+
+
+@pytest.fixture
+def hf_folder(tmp_path):
+    """A tiny BERT saved as a Hugging Face folder (config, safetensors weights, tokenizer)."""
+    transformers = pytest.importorskip("transformers")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(60)]
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(words) + "\n")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    folder = tmp_path / "tiny-bert"
+    transformers.BertModel(config).save_pretrained(folder)
+    transformers.BertTokenizer(vocab=str(vocab)).save_pretrained(folder)
+    return folder
+
+
+def test_cli_compresses_a_hugging_face_folder_on_text_lines(hf_folder, tmp_path, capsys):
+    lines = tmp_path / "lines.txt"
+    g = torch.Generator().manual_seed(0)
+    lines.write_text("\n".join(" ".join(f"w{i}" for i in torch.randint(0, 60, (int(n),), generator=g).tolist())
+                               for n in torch.randint(3, 12, (96,), generator=g)) + "\n")
+    out, report = tmp_path / "bert.mzip", tmp_path / "bert.json"
+    assert main(["compress", "--model", f"hf:{hf_folder}", "--recipe", "obs-int4", "--calibration", str(lines),
+                 "--out", str(out), "--report", str(report)]) == 0
+    rep = json.loads(report.read_text())
+    assert rep["metric"] == "output cosine vs original" and rep["metric_after"] > 0.95
+    assert rep["second_order"]["encoder.layer.0.attention.self.query"]["action"] == "obs, 4-bit g128"
+    assert rep["second_order"]["embeddings.position_embeddings"]["action"] == "8-bit per token (rounded)"
+    loaded = modelzip.load(out, allow_import=True)
+    assert isinstance(loaded.embeddings.word_embeddings, modelzip.quantize.QuantizedEmbedding)
+    assert main(["inspect", str(out)]) == 0
+    assert "structural edits (--json shows them)" in capsys.readouterr().out
+    assert main(["compress", "--model", f"hf:{hf_folder}", "--out", str(tmp_path / "x.mzip")]) == 2
+    assert "give --calibration FILE" in capsys.readouterr().err
+    with pytest.raises(ModelError, match="is not a Hugging Face model folder"):
+        modelzip.build(f"hf:{tmp_path}")

@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import re
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from ..errors import ModelError, first_line
 from .edits import ARCH_ATTR, apply_edits
+from .hf import HF_PREFIX, hf_architecture, hf_pretrained
 from .reference import MODELS
 
 
@@ -27,11 +29,17 @@ MLP_NAME = re.compile(r"mlp(-[1-9][0-9]*)+")
 
 def build(spec: str, input_shape: tuple[int, ...] = (1, 28, 28), num_classes: int = 10,
           weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
-    """A model from a built-in name (sized for the data) or `pkg.mod:fn`, with optional state_dict file.
+    """A model from a built-in name (sized for the data), `pkg.mod:fn`, or `hf:DIR` (a local Hugging Face
+    folder: config + weights, read offline through `transformers`), with optional state_dict file.
 
     Any `mlp-H1-H2-...` name is a fully connected network with those hidden widths; `kwargs` go to
     the built-in builder (e.g. `activation="lma"`, `dropout=0.5`) and are recorded for rebuilding.
     """
+    if spec.startswith(HF_PREFIX):
+        model = hf_pretrained(spec[len(HF_PREFIX):])
+        if weights is not None:
+            load_weights(model, weights)
+        return model
     if ":" in spec:
         if kwargs:
             raise ModelError(f"user models ({spec}) take no builder arguments, got {sorted(kwargs)}")
@@ -102,6 +110,11 @@ def _builder(arch: dict[str, Any], allow_import: bool) -> tuple[Callable[..., An
         if name not in MODELS and isinstance(name, str) and MLP_NAME.fullmatch(name):
             return MODELS.get("mlp"), {"hidden": [int(h) for h in name.split("-")[1:]], **kwargs}
         return MODELS.get(name), kwargs
+    if "hf" in arch:
+        if not allow_import:
+            raise ModelError(f"the model is a Hugging Face folder ({arch['hf']}), rebuilt by transformers' code; pass "
+                             "allow_import=True (CLI: --allow-import), or pass the model to load into")
+        return partial(hf_architecture, arch["hf"]), {}
     if "import" in arch:
         ref = arch["import"]
         if not allow_import:
@@ -113,7 +126,7 @@ def _builder(arch: dict[str, Any], allow_import: bool) -> tuple[Callable[..., An
 
 
 def _label(arch: dict[str, Any]) -> str:
-    return str(arch.get("name") or arch.get("import"))
+    return str(arch.get("name") or arch.get("import") or arch.get("hf"))
 
 
 def _import(ref: str) -> Callable[..., Any]:
