@@ -184,7 +184,7 @@ def efficientnet_lite0() -> nn.Module:
 
 
 def photo_crops(count: int, seed: int, size: int = 224) -> torch.Tensor:
-    """Random resized crops (scale 0.15-1, aspect 3/4-4/3, mirrored half the time) of the colour photos that
+    """Random resized crops (scale 0.35-1, aspect 3/4-4/3, mirrored half the time) of the colour photos that
     scikit-image and scikit-learn ship, scaled (x - 127) / 128 as EfficientNet-Lite was trained."""
     from PIL import Image
     from skimage import data
@@ -199,7 +199,7 @@ def photo_crops(count: int, seed: int, size: int = 224) -> torch.Tensor:
     for i in range(count):
         img = photos[rng.randrange(len(photos))]
         w, h = img.size
-        area = w * h * rng.uniform(0.15, 1.0)
+        area = w * h * rng.uniform(0.35, 1.0)
         aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
         cw, ch = min(w, int(round((area * aspect) ** 0.5))), min(h, int(round((area / aspect) ** 0.5)))
         left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
@@ -303,15 +303,19 @@ def encoder_section() -> dict:
     calibration, measured = text_batches(sentences[:EXAMPLES]), text_batches(sentences[EXAMPLES:])
     fidelity = encoder_fidelity(outputs(model, measured))
     fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
-    # 68% of the weights are the word table: it gets a k-means codebook (Huffman-coded), the Linears int codes
-    # per group of 128 inputs, and the layers that matter least (the last block's feed-forward, before the
-    # mean pooling) fewer bits
-    last = {"bert.encoder.layer.2.intermediate.dense": 3, "bert.encoder.layer.2.output.dense": 3}
+    # 68% of the weights are the word table: an entropy-coded uniform grid (`embedding_step`, in stds of the
+    # table); the Linears int codes per group of 128 inputs, wider where one layer at a time costs the most
+    # cosine (the first two blocks' value, attention output and feed-forward), narrower in the last block's
+    # feed-forward (before the mean pooling, nearly free)
+    last = {f"bert.encoder.layer.2.{n}": 3 for n in ("intermediate.dense", "output.dense")}
+    sensitive = {f"bert.encoder.layer.{i}.{n}": 5 for i in (0, 1) for n in (
+        "attention.self.value", "attention.output.dense", "intermediate.dense", "output.dense")}
     configs: dict[str, SecondOrderConfig | str] = {"modelzip-int8": "int8"}
-    for label, options in {"int5-table64": {"bits": 5, "embedding_codebook": 6},
-                           "int4-table64": {"bits": 4, "embedding_codebook": 6, "layers": last},
-                           "int4-table32": {"bits": 4, "embedding_codebook": 5, "layers": last},
-                           "int3-table16": {"bits": 3, "embedding_codebook": 4}}.items():
+    for label, options in {"int5-table0.5": {"bits": 5, "embedding_step": 0.5},
+                           "int4mixed-table0.35": {"bits": 4, "layers": last | sensitive, "embedding_step": 0.35},
+                           "int4mixed-table0.6": {"bits": 4, "layers": last | sensitive, "embedding_step": 0.6},
+                           "int3mixed-table0.8": {"bits": 3, "layers": {k: 4 for k in sensitive},
+                                                  "embedding_step": 0.8}}.items():
         for method in ("obs", "plain"):
             configs[f"modelzip-{method}-{label}"] = SecondOrderConfig(method=method, **options)
     runs = modelzip_runs(model, calibration, configs)
@@ -338,16 +342,14 @@ def cnn_section() -> dict:
     fidelity = cnn_fidelity(outputs(model, measured))
     fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
     # the stem, the depthwise convolutions and the classifier hold 12% of the weights and set most of the error
-    wide = {"layers": {"_conv_stem": 8, "_fc": 8, "*depthwise*": 8}, "sequential": False}
-    configs: dict[str, SecondOrderConfig | str] = {
-        "modelzip-int8": "int8",
-        "modelzip-obs-int4": SecondOrderConfig(bits=4, group_size=0, **wide),
-        "modelzip-plain-int4": SecondOrderConfig(bits=4, group_size=0, method="plain", **wide),
-        "modelzip-obs-int5": SecondOrderConfig(bits=5, group_size=0, **wide),
-        "modelzip-plain-int5": SecondOrderConfig(bits=5, group_size=0, method="plain", **wide),
-        "modelzip-obs-codebook-5": SecondOrderConfig(codebook=5, **wide),
-        "modelzip-plain-codebook-5": SecondOrderConfig(codebook=5, method="plain", **wide),
-    }
+    wide = {"_conv_stem": 8, "_fc": 8, "*depthwise*": 8}
+    configs: dict[str, SecondOrderConfig | str] = {"modelzip-int8": "int8"}
+    for label, options in {"int6": {"bits": 6, "group_size": 0, "layers": wide},
+                           "int5": {"bits": 5, "group_size": 0, "layers": wide},
+                           "step0.25": {"step": 0.25, "layers": {k: 0.1 for k in wide}},
+                           "codebook-5": {"codebook": 5, "layers": wide}}.items():
+        for method in ("obs", "plain"):
+            configs[f"modelzip-{method}-{label}"] = SecondOrderConfig(method=method, sequential=False, **options)
     runs = modelzip_runs(model, calibration, configs)
     began = time.perf_counter()
     dynamic, size = torch_dynamic_int8(model)

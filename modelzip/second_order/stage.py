@@ -9,13 +9,14 @@ against, at the same file size.
 Layers are taken in order and, with `sequential`, each one's Hessian is measured on the model whose
 earlier layers are already compressed, so later layers also absorb the error arriving from below.
 Embedding tables have no inputs to compensate with (each row is looked up alone): they are rounded,
-per token or to a codebook of their own; small tables (positions, token types) get 8 bits. Layers the path cannot take, and layers excluded by name, stay as they are; the summary
-names every one and why.
+per token or to a codebook of their own; small tables (positions, token types) get 8 bits. Layers the
+path cannot take, and layers excluded by name, stay as they are; the summary names every one and why.
 """
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -49,17 +50,22 @@ class SecondOrderConfig:
     bits: int | None = None  # uniform symmetric integer codes (2..8)
     group_size: int = 128  # inputs per scale for `bits` (0: one scale per output channel)
     codebook: int | None = None  # bits of a per-layer k-means codebook (non-uniform; 1..8), instead of `bits`
+    # instead of `bits` or `codebook`: a uniform grid of this step (times the layer's weight std), as many
+    # values as the layer needs, Huffman-coded in the file: the step sets the error, the entropy the size
+    step: float | None = None
     embeddings: bool = True  # quantize Embedding tables too (by rounding: they have nothing to compensate with)
     # bits of a k-means codebook for Embedding tables, whatever the other layers get: on a sentence encoder's
     # word table 64 values Huffman-code to 4.2 bits a weight at the error of 6-bit per-token codes (5.5 bits)
     embedding_codebook: int | None = None
+    embedding_step: float | None = None  # a uniform grid for Embedding tables, as `step` (on the same table:
+    # 3.6 bits a weight at the error of 32 k-means values, which code to 3.9)
     # tables of at most this many rows (positions, token types) are added to every token: an error there is
     # an error everywhere, and they are small, so they get 8 bits
     small_table: int = 1024
     exclude: tuple[str, ...] = ()  # module-name patterns left as they are (e.g. a classifier head)
     # module-name pattern -> bits of `bits` or `codebook` (whichever is set) for those layers, e.g. wider
     # codes for the first and last layers or depthwise convolutions, which hold few weights and matter most
-    layers: Mapping[str, int] | None = None
+    layers: Mapping[str, float] | None = None
     method: Method = Method.OBS
     examples: int = 256  # calibration examples for the Hessians
     damp: float = 0.01  # added to H's diagonal, relative to its mean
@@ -72,8 +78,13 @@ class SecondOrderConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", Method(self.method))
         object.__setattr__(self, "exclude", tuple(self.exclude))
-        if self.bits is not None and self.codebook is not None:
-            raise ConfigError("second_order takes bits (uniform codes) or codebook (k-means), not both")
+        chosen = [k for k in ("bits", "codebook", "step") if getattr(self, k) is not None]
+        if len(chosen) > 1:
+            raise ConfigError(f"second_order takes one of bits (uniform codes), codebook (k-means) and step "
+                              f"(an entropy-coded grid), got {' and '.join(chosen)}")
+        for key in ("step", "embedding_step"):
+            if getattr(self, key) is not None and not 0 < getattr(self, key) < math.inf:
+                raise ConfigError(f"second_order.{key} must be a positive number, got {getattr(self, key)}")
         if self.bits is not None and not 2 <= self.bits <= 8:
             raise ConfigError(f"second_order.bits must be in 2..8, got {self.bits}")
         for key in ("codebook", "embedding_codebook"):
@@ -91,9 +102,9 @@ class SecondOrderConfig:
                               f"got {self.examples}, {self.block}, {self.group_size}, {self.damp}")
         if m and self.block % m:
             raise ConfigError(f"second_order.block ({self.block}) must be a multiple of the pattern's M ({m})")
-        if self.layers and self.bits is None and self.codebook is None:
-            raise ConfigError("second_order.layers gives bits per layer: set bits or codebook too")
-        if self.bits is None and self.codebook is None and self.embedding_codebook is None and not self.sparsity \
+        if self.layers and not chosen:
+            raise ConfigError("second_order.layers gives bits (or a step) per layer: set bits, codebook or step too")
+        if not chosen and self.embedding_codebook is None and self.embedding_step is None and not self.sparsity \
                 and self.pattern is None:
             raise ConfigError("second_order does nothing: give sparsity, pattern, bits or codebook")
 
@@ -118,6 +129,8 @@ class SecondOrderConfig:
             parts.append(f"{self.bits}-bit" + (f" g{self.group_size}" if self.group_size else ""))
         if self.codebook is not None:
             parts.append(f"{2 ** self.codebook}-value codebook")
+        if self.step is not None:
+            parts.append(f"grid step {self.step:g} std")
         if self.sparsity:
             parts.append(f"{self.sparsity:.0%} pruned")
         if self.pattern:
@@ -169,9 +182,10 @@ def _widths(model: nn.Module, chosen: dict[str, nn.Module], config: SecondOrderC
     if not config.layers:
         return dict.fromkeys(chosen, config)
     found = [t for t in targets(model) if t.name in chosen]
-    key = "bits" if config.bits is not None else "codebook"
-    bits = per_target(model, found, getattr(config, key), config.layers)
-    return {t.name: dataclasses.replace(config, layers=None, **{key: bits[t]}) for t in found}
+    key = next(k for k in ("bits", "codebook", "step") if getattr(config, k) is not None)
+    values = per_target(model, found, getattr(config, key), config.layers)
+    cast = float if key == "step" else int
+    return {t.name: dataclasses.replace(config, layers=None, **{key: cast(values[t])}) for t in found}
 
 
 def _skip_reason(name: str, module: nn.Module, config: SecondOrderConfig, shared: set[str]) -> str | None:
@@ -180,8 +194,8 @@ def _skip_reason(name: str, module: nn.Module, config: SecondOrderConfig, shared
     if name in shared:
         return "its weight is shared with another layer (tied)"
     if isinstance(module, nn.Embedding):
-        if not config.embeddings or (config.bits is None and config.codebook is None
-                                     and config.embedding_codebook is None):
+        if not config.embeddings or all(getattr(config, k) is None for k in (
+                "bits", "codebook", "step", "embedding_codebook", "embedding_step")):
             return "embedding tables are only quantized"
         return None
     return supported(module)
@@ -204,7 +218,7 @@ def _compress_layer(model: nn.Module, name: str, module: nn.Module, h: torch.Ten
     rows = weight.reshape(groups, weight.shape[0] // groups, -1)  # (groups, out per group, in per group * k)
     cols = rows.shape[2]
     hs = torch.eye(cols).expand(groups, cols, cols) if h is None else h
-    codebook = None
+    codebook = Codebook.grid(weight, config.step) if config.step is not None else None
     if config.codebook is not None:
         importance = None if h is None else torch.cat([hg.diagonal() for hg in hs])
         flat = weight.reshape(weight.shape[0], -1)
@@ -249,14 +263,19 @@ def _compress_layer(model: nn.Module, name: str, module: nn.Module, h: torch.Ten
 def _round_table(model: nn.Module, name: str, table: nn.Embedding, config: SecondOrderConfig) -> dict[str, Any]:
     """An Embedding table rounded row by row (per-token scales, or the table's k-means codebook)."""
     weight = table.weight.detach()
-    bits, codebook = config.bits, config.embedding_codebook or config.codebook
+    bits, book, action = config.bits, None, ""
+    step = config.embedding_step or (config.step if config.embedding_codebook is None else None)
+    values = config.embedding_codebook or config.codebook
     if table.num_embeddings <= config.small_table:
-        bits, codebook = 8, None
-    if codebook is not None:
-        book = Codebook.fit(weight, codebook)
+        bits = 8
+    elif step is not None:
+        book, action = Codebook.grid(weight, step), f"grid step {step:g} std (rounded)"
+    elif values is not None:
+        book, action = Codebook.fit(weight, values), f"{2 ** values}-value codebook (rounded)"
+    if book is not None:
         with torch.no_grad():
             table.weight.copy_(book.round(weight))
-        return {"action": f"{2 ** codebook}-value codebook (rounded)", "error": None}
+        return {"action": action, "error": None}
     grid = UniformGrid(bits, weight.shape[0], weight.shape[1], 0)
     rounded = torch.stack([grid(weight.double(), j) for j in range(weight.shape[1])], dim=1)
     codes, scale = grid.codes(rounded)

@@ -116,3 +116,14 @@ def test_layers_override_the_width_by_name(cnn):
     assert summary["depthwise"]["action"] == "obs, 8-bit"
     with pytest.raises(modelzip.ConfigError, match="matches no compressible layer"):
         second_order_(MobileBlock(), [images()], SecondOrderConfig(bits=4, layers={"nope": 8}))
+
+
+def test_an_entropy_coded_grid_is_a_uniform_step_times_the_layers_std(cnn, tmp_path):
+    std = cnn.head.weight.std().item()
+    second_order_(cnn, [images()], SecondOrderConfig(step=0.5))
+    values = cnn.head.weight.unique()
+    steps = (values / (0.5 * std)).double()
+    assert torch.allclose(steps, steps.round(), atol=1e-4) and len(values) <= 255
+    table = nn.Sequential(nn.Embedding(4000, 8))
+    summary = second_order_(table, None, SecondOrderConfig(embedding_step=1.0, method="plain"))
+    assert summary["0"]["action"] == "grid step 1 std (rounded)" and table[0].weight.unique().numel() <= 15

@@ -74,7 +74,8 @@ def test_codebook_values_and_weighted_1d_kmeans():
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"bits": 4, "codebook": 3}, "bits .uniform codes. or codebook"),
+    ({"bits": 4, "codebook": 3}, "one of bits .uniform codes., codebook .k-means. and step"),
+    ({"step": 0.0}, "step must be a positive number"),
     ({"sparsity": 1.0}, "sparsity must be in"),
     ({"pattern": "4:2"}, "0 < N < M"),
     ({"pattern": "two"}, "must be 'N:M'"),
