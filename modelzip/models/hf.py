@@ -55,15 +55,3 @@ def hf_architecture(folder: str) -> nn.Module:
         raise ModelError(f"transformers cannot read the config of {folder}: {first_line(exc)}") from None
     return transformers.AutoModel.from_config(config)
 
-
-def _import(ref: str) -> Callable[..., Any]:
-    module_name, _, attr = ref.partition(":")
-    if not module_name or not attr:
-        raise ModelError(f"model reference {ref!r} must look like package.module:function")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ModelError(f"cannot import model {ref!r}: {exc}") from None
-    if not callable(fn):
-        raise ModelError(f"model reference {ref!r} is not callable")
-    return fn

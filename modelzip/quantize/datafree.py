@@ -129,7 +129,9 @@ def _batch_norms(model: nn.Module) -> list[nn.Module]:
     norms = [m for m in model.modules() if isinstance(m, NORMS) and m.running_mean is not None]
     if not norms:
         raise ModelError(f"{type(model).__name__} has no batch norm with running statistics; data-free synthesis "
-                         "needs batch norms (their running mean and variance are what the inputs are fitted to)")
+                         "needs batch norms (their running mean and variance are what the inputs are fitted to); "
+                         "for a LayerNorm transformer, calibrate on a few hundred unlabelled inputs of your own "
+                         "(second_order), or use post-training weight-only codes that need none (int8)")
     return norms
 
 
