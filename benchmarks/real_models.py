@@ -18,7 +18,8 @@ scaled as the model was trained ((x - 127) / 128). 512 calibration inputs, 512 o
 
 Without labels, fidelity against the original: the mean cosine of the sentence embeddings and the
 nearest-neighbour agreement (each measured sentence's closest other sentence is the same), for the
-encoder; top-1 agreement and the mean KL(original || compressed) of the class distributions, for the CNN.
+encoder; top-1 agreement (on all crops, and on those the original gives a top-1 probability >= 0.5) and
+the mean KL(original || compressed) of the class distributions, for the CNN.
 Each run: `method`, `file_bytes`, `ratio` (fp32 bytes / file bytes), `fidelity`, `seconds` (to compress),
 `latency_ratio` (its CPU latency / the fp32 PyTorch model's, batch 32 sentences or 8 images, one thread,
 interleaved). Sizes: the .mzip for modelzip, torch.save of the state_dict for torch dynamic int8, the
@@ -211,11 +212,16 @@ def photo_crops(count: int, seed: int, size: int = 224) -> torch.Tensor:
 
 
 def cnn_fidelity(reference: torch.Tensor) -> Callable[[torch.Tensor], dict]:
+    """Top-1 agreement (on all measured crops, and on those the original is sure of: top-1 probability >= 0.5;
+    on these crops the median is 0.24, and one layer alone at int8 flips 7% of the top-1s at a KL of 0.0015)
+    and the mean KL(original || compressed)."""
     log_p = reference.log_softmax(1)
+    sure = log_p.exp().amax(1) >= 0.5
 
     def fidelity(got: torch.Tensor) -> dict:
         log_q = got.log_softmax(1)
-        return {"top1_agreement": (got.argmax(1) == reference.argmax(1)).float().mean().item(),
+        same = got.argmax(1) == reference.argmax(1)
+        return {"top1_agreement": same.float().mean().item(), "top1_agreement_confident": same[sure].float().mean().item(),
                 "kl": (log_p.exp() * (log_p - log_q)).sum(1).mean().item()}
     return fidelity
 
