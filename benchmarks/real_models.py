@@ -143,7 +143,8 @@ def docstring_sentences(count: int, seed: int = 0) -> list[str]:
             doc = inspect.getdoc(obj) if callable(obj) or inspect.ismodule(obj) else None
             for sentence in re.split(r"(?<=[.!?])\s+", " ".join((doc or "").split())):
                 words = sentence.split()
-                if 6 <= len(words) <= 40 and sentence[0].isupper() and sum(w.isalpha() for w in words) > 0.7 * len(words):
+                wordy = sum(w.isalpha() for w in words) > 0.7 * len(words)
+                if 6 <= len(words) <= 40 and sentence[0].isupper() and wordy:
                     found.add(sentence)
     sentences = sorted(found)
     random.Random(seed).shuffle(sentences)
@@ -221,7 +222,8 @@ def cnn_fidelity(reference: torch.Tensor) -> Callable[[torch.Tensor], dict]:
     def fidelity(got: torch.Tensor) -> dict:
         log_q = got.log_softmax(1)
         same = got.argmax(1) == reference.argmax(1)
-        return {"top1_agreement": same.float().mean().item(), "top1_agreement_confident": same[sure].float().mean().item(),
+        return {"top1_agreement": same.float().mean().item(),
+                "top1_agreement_confident": same[sure].float().mean().item(),
                 "kl": (log_p.exp() * (log_p - log_q)).sum(1).mean().item()}
     return fidelity
 

@@ -197,8 +197,8 @@ def uniform_class(base: type[nn.Module]) -> type[UniformCoded]:
     if base not in _UNIFORM_CLASSES:
         if not issubclass(base, UNIFORM_CODED) or issubclass(base, CodedLayer):
             raise ModelError(f"{base.__name__} is not an nn.Linear, nn.Conv2d or nn.Embedding to hold integer codes")
-        _UNIFORM_CLASSES[base] = type(f"Quantized{base.__name__}", (UniformCoded, base),
-                                      {"__module__": base.__module__, "__doc__": f"{base.__name__} with integer codes."})
+        namespace = {"__module__": base.__module__, "__doc__": f"{base.__name__} with integer codes."}
+        _UNIFORM_CLASSES[base] = type(f"Quantized{base.__name__}", (UniformCoded, base), namespace)
     return _UNIFORM_CLASSES[base]
 
 
