@@ -156,6 +156,11 @@ def parameter_count(model: nn.Module) -> int:
     return coded + sum(t.numel() for k, t in plain_state_dict(model).items() if k in names)
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (the CPU for a model without any): where its inputs must go."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """`model` in eval mode for the block; every module's own training flag is restored after, however it ends."""

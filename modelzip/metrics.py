@@ -15,7 +15,7 @@ from torch import nn
 
 from .data.feed import Data, call, output_tensor, take, to_device
 from .errors import ConfigError
-from .layers import eval_mode
+from .layers import device_of, eval_mode
 from .train import evaluate
 
 Metric = Callable[[nn.Module], float]
@@ -47,7 +47,7 @@ def accuracy(test: Data) -> NamedMetric:
 @torch.no_grad()
 def outputs(model: nn.Module, data: Data, examples: int) -> list[torch.Tensor]:
     """The model's main output tensor for the first `examples` examples of `data`, batch by batch, on the CPU."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = device_of(model)
     with eval_mode(model):
         return [output_tensor(call(model, to_device(b, device))).float().cpu() for b in take(data, examples)]
 

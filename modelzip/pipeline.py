@@ -23,7 +23,7 @@ from .data.feed import Data, call, first, inputs_of, output_tensor
 from .distill import teaching
 from .errors import ConfigError, ModelError
 from .io import dense_bytes, dumps, loads
-from .layers import eval_mode, strip
+from .layers import device_of, eval_mode, strip
 from .metrics import Metric, NamedMetric, accuracy, fidelity, named
 from .lowrank import low_rank
 from .models import arch_of, build
@@ -157,7 +157,7 @@ def check_outputs(model: nn.Module, bundle: DataBundle) -> None:
     preprocessing (a normalization) must carry it in its forward.
     """
     probe = bundle.test.tensors[0][:2]
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = device_of(model)
     with torch.no_grad(), eval_mode(model):
         logits = output_tensor(call(model, probe.to(device)))
     if logits.dim() != 2 or logits.shape[1] != bundle.num_classes:

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .atomic import atomic_write
-from .layers import eval_mode
+from .layers import device_of, eval_mode
 from .data import jitter
 from .data.feed import (Batch, Data, batch_count, batch_length, call, iterate, labels_of, output_loss,
                         output_tensor, to_device)
@@ -110,7 +110,7 @@ def fit(model: nn.Module, train: Data, config: TrainConfig = TrainConfig(), *,
         optimizer, (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
         if config.cosine else (lambda s: 1.0))
     start, logs = _resume(checkpoint, model, optimizer, schedule)
-    device = _device(model)
+    device = device_of(model)
     for epoch in range(start, epochs):
         model.train()
         began, total, seen = time.perf_counter(), 0.0, 0
@@ -138,7 +138,7 @@ def fit(model: nn.Module, train: Data, config: TrainConfig = TrainConfig(), *,
 def predict(model: nn.Module, dataset: Data, batch_size: int = 256) -> torch.Tensor:
     """Outputs (logits) of `model` for every example of `dataset`, in order: (N, classes)."""
     with eval_mode(model):
-        device = _device(model)
+        device = device_of(model)
         out = [output_tensor(call(model, to_device(b, device))).cpu() for b in iterate(dataset, batch_size)]
     return torch.cat(out)
 
@@ -148,7 +148,7 @@ def evaluate(model: nn.Module, dataset: Data, batch_size: int = 256) -> float:
     """Top-1 accuracy of `model` on labelled `dataset` (fraction in [0, 1]), batch by batch."""
     correct = seen = 0
     with eval_mode(model):
-        device = _device(model)
+        device = device_of(model)
         for batch in iterate(dataset, batch_size):
             labels = labels_of(batch)
             if labels is None:
@@ -173,10 +173,6 @@ def _optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.optim
     if config.optimizer is OptimizerName.SGD:
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _resume(path: str | Path | None, model: nn.Module, optimizer: torch.optim.Optimizer,

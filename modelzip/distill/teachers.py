@@ -18,6 +18,7 @@ from torch.utils.data import TensorDataset
 
 from ..data import batches
 from ..errors import ConfigError
+from ..layers import device_of
 from .loss import ensemble_logits
 
 Teachers = nn.Module | Sequence[nn.Module] | torch.Tensor
@@ -66,7 +67,7 @@ def cache_soft_logits(teachers: nn.Module | Sequence[nn.Module], dataset: Tensor
     In memory by default; with `path`, written batch by batch to a .npy file (atomically: under a
     temporary name, then renamed) and returned memory-mapped, so only the batches in use are in RAM.
     """
-    device = next((p.device for p in members(teachers)[0].parameters()), torch.device("cpu"))
+    device = device_of(members(teachers)[0])
     loader = batches(dataset, batch_size, shuffle=False)
     if path is None:
         return torch.cat([soft_logits(teachers, b[0].to(device), T).cpu() for b in loader])

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, ModelError
-from ..layers import eval_mode
+from ..layers import device_of, eval_mode
 from .uniform import Observer, QuantSpec, Range
 from .uniform import observer as range_fn
 
@@ -56,7 +56,7 @@ def synthesize(model: nn.Module, input_shape: tuple[int, ...], count: int, *, st
         raise ConfigError(f"input_shape must be positive ints, e.g. (1, 28, 28), got {input_shape!r}")
     label_term = _labels(labels)
     norms = _batch_norms(model)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = device_of(model)
     generator = torch.Generator().manual_seed(seed)
     out = []
     with _frozen(model):
@@ -114,7 +114,7 @@ def calibrate_activations(model: nn.Module, inputs: torch.Tensor, observer: Obse
         return lambda module, args: seen[name].append(args[0].detach().cpu())
 
     handles = [m.register_forward_pre_hook(recorder(name)) for name, m in layers]
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = device_of(model)
     try:
         with _frozen(model), torch.no_grad():
             for batch in inputs.split(batch_size):

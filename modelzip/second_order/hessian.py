@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.feed import Data, call, take, to_device
-from ..layers import eval_mode
+from ..layers import device_of, eval_mode
 
 HESSIAN_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -59,7 +59,7 @@ def hessians(model: nn.Module, modules: dict[str, nn.Module], calibration: Data,
         return record
 
     handles = [m.register_forward_pre_hook(hook(name)) for name, m in modules.items()]
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = device_of(model)
     try:
         with eval_mode(model):
             for batch in take(calibration, examples):
