@@ -55,8 +55,7 @@ class Recipe:
 
     def __post_init__(self) -> None:
         chosen = [k for k in ("soft_sharing", "quantize", "uniform") if getattr(self, k) is not None]
-        second = self.second_order
-        if second is not None and (second.bits is not None or second.codebook is not None):
+        if self.second_order is not None and self.second_order.quantizes:
             chosen.append("second_order")
         if len(chosen) > 1:
             raise ConfigError(f"a recipe takes one of soft_sharing, quantize, uniform and a quantizing second_order, "

@@ -78,7 +78,7 @@ class SecondOrderConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", Method(self.method))
         object.__setattr__(self, "exclude", tuple(self.exclude))
-        chosen = [k for k in ("bits", "codebook", "step") if getattr(self, k) is not None]
+        chosen = self.grids
         if len(chosen) > 1:
             raise ConfigError(f"second_order takes one of bits (uniform codes), codebook (k-means) and step "
                               f"(an entropy-coded grid), got {' and '.join(chosen)}")
@@ -104,9 +104,18 @@ class SecondOrderConfig:
             raise ConfigError(f"second_order.block ({self.block}) must be a multiple of the pattern's M ({m})")
         if self.layers and not chosen:
             raise ConfigError("second_order.layers gives bits (or a step) per layer: set bits, codebook or step too")
-        if not chosen and self.embedding_codebook is None and self.embedding_step is None and not self.sparsity \
-                and self.pattern is None:
+        if not self.quantizes and not self.sparsity and self.pattern is None:
             raise ConfigError("second_order does nothing: give sparsity, pattern, bits or codebook")
+
+    @property
+    def grids(self) -> list[str]:
+        """Which of bits, codebook and step (the values the layers take) are set."""
+        return [k for k in ("bits", "codebook", "step") if getattr(self, k) is not None]
+
+    @property
+    def quantizes(self) -> bool:
+        """Whether any layer's values change (not only pruning): then no other quantizer may follow."""
+        return bool(self.grids) or self.embedding_codebook is not None or self.embedding_step is not None
 
     @property
     def nm(self) -> tuple[int, int]:
@@ -182,7 +191,7 @@ def _widths(model: nn.Module, chosen: dict[str, nn.Module], config: SecondOrderC
     if not config.layers:
         return dict.fromkeys(chosen, config)
     found = [t for t in targets(model) if t.name in chosen]
-    key = next(k for k in ("bits", "codebook", "step") if getattr(config, k) is not None)
+    (key,) = config.grids
     values = per_target(model, found, getattr(config, key), config.layers)
     cast = float if key == "step" else int
     return {t.name: dataclasses.replace(config, layers=None, **{key: cast(values[t])}) for t in found}
@@ -194,8 +203,7 @@ def _skip_reason(name: str, module: nn.Module, config: SecondOrderConfig, shared
     if name in shared:
         return "its weight is shared with another layer (tied)"
     if isinstance(module, nn.Embedding):
-        if not config.embeddings or all(getattr(config, k) is None for k in (
-                "bits", "codebook", "step", "embedding_codebook", "embedding_step")):
+        if not config.embeddings or not config.quantizes:
             return "embedding tables are only quantized"
         return None
     return supported(module)

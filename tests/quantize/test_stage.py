@@ -91,3 +91,9 @@ def test_folding_first_makes_the_stored_codes_the_ones_int8_kernels_run(digits):
     calibration = digits.train.tensors[0][:256]
     assert "conv1" not in int8_model(plain, calibration).modelzip_exact_codes
     assert {"conv1", "conv2"} <= set(int8_model(folded, calibration).modelzip_exact_codes)
+
+
+def test_a_second_order_grid_or_table_codebook_also_counts_as_a_quantizer():
+    for options in ({"step": 0.5}, {"embedding_codebook": 4}, {"embedding_step": 0.5}):
+        with pytest.raises(ConfigError, match="got uniform and second_order"):
+            Recipe(uniform=UniformConfig(), second_order=SecondOrderConfig(**options))
