@@ -187,9 +187,12 @@ class PQConv2d(PQCoded, nn.Conv2d):
     """nn.Conv2d with product-quantized weights."""
 
 
+CODED = {("uniform", nn.Linear): QuantizedLinear, ("uniform", nn.Conv2d): QuantizedConv2d,
+         ("uniform", nn.Embedding): QuantizedEmbedding,
+         ("pq", nn.Linear): PQLinear, ("pq", nn.Conv2d): PQConv2d}
 UNIFORM_CODED = (nn.Linear, nn.Conv2d, nn.Embedding)
 _UNIFORM_CLASSES: dict[type[nn.Module], type[UniformCoded]] = {
-    nn.Linear: QuantizedLinear, nn.Conv2d: QuantizedConv2d, nn.Embedding: QuantizedEmbedding}
+    base: cls for (kind, base), cls in CODED.items() if kind == "uniform"}
 
 
 def uniform_class(base: type[nn.Module]) -> type[UniformCoded]:
@@ -214,9 +217,15 @@ def _shallow_copy(layer: nn.Module, cls: type[nn.Module]) -> nn.Module:
     for key in ("_parameters", "_buffers", "_modules"):
         new.__dict__[key] = dict(layer.__dict__[key])
     return new
-CODED = {("uniform", nn.Linear): QuantizedLinear, ("uniform", nn.Conv2d): QuantizedConv2d,
-         ("uniform", nn.Embedding): QuantizedEmbedding,
-         ("pq", nn.Linear): PQLinear, ("pq", nn.Conv2d): PQConv2d}
+
+
+def empty_uniform(layer: nn.Module, **layout: Any) -> UniformCoded:
+    """The uniform coded layer for `layer`, codes still zero: built anew for the plain (or parametrized) types,
+    converted in place of a user's subclass so that its own forward and children stay."""
+    base = plain_type(layer)
+    if ("uniform", base) in CODED:
+        return CODED["uniform", base](**layer_args(layer), **layout)
+    return UniformCoded.converted(layer, **layout)
 
 
 def record_coded(model: nn.Module, name: str, new: CodedLayer) -> None:
@@ -296,23 +305,20 @@ def coded_layer(layer: nn.Module, codes: Codes | PQCodes) -> CodedLayer:
     """The coded twin of a float layer holding `codes` (its bias copied). Uniform codes whose scale is
     (out, groups) are group-wise."""
     base = plain_type(layer)
-    args = layer_args(layer)
     with torch.no_grad():
         if isinstance(codes, PQCodes):
             if ("pq", base) not in CODED:
                 raise ModelError(f"product-quantized codes need a plain nn.Linear or nn.Conv2d, not {base.__name__}")
-            new: CodedLayer = CODED["pq", base](**args, block_size=codes.codebook.shape[1],
+            new: CodedLayer = CODED["pq", base](**layer_args(layer), block_size=codes.codebook.shape[1],
                                             centroids=codes.codebook.shape[0])
             new.codes.copy_(codes.codes)
             new.codebook.copy_(codes.codebook)
         else:
             fits_int8 = codes.codes.numel() == 0 or int(codes.codes.max()) < 128  # asymmetric 8-bit codes do not
-            grouped = codes.scale.dim() == 2
-            group_size = codes.codes[0].numel() // codes.scale.shape[1] if grouped else 0
+            group_size = codes.codes[0].numel() // codes.scale.shape[1] if codes.scale.dim() == 2 else 0
             layout = {"bits": codes.bits, "per_channel": codes.scale.dim() >= 1, "signed": fits_int8,
                       "group_size": group_size}
-            new = CODED["uniform", base](**args, **layout) if ("uniform", base) in CODED \
-                else UniformCoded.converted(layer, **layout)
+            new = empty_uniform(layer, **layout)
             new.codes.copy_(codes.codes)
             new.scale.copy_(codes.scale)
             new.zero_point.copy_(codes.zero_point)
@@ -338,8 +344,8 @@ def _replay(model: nn.Module, edit: Edit) -> None:
 
     def make(layer: nn.Module) -> nn.Module:
         try:
-            if kind == "uniform" and (kind, plain_type(layer)) not in CODED:
-                return UniformCoded.converted(layer, **options)
+            if kind == "uniform":
+                return empty_uniform(layer, **options)
             return CODED[kind, plain_type(layer)](**layer_args(layer), **options)
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"unknown coded layer {kind!r} with {options}: {exc}") from None
