@@ -16,7 +16,7 @@ from .data import DataBundle, load_data, sample, split
 from .distill import DistillConfig, adjust_bias_, distill, search_bias_offset, without_classes
 from .errors import ConfigError, ModelzipError
 from .data.text import read_lines, text_batches
-from .models import build, input_shape_of
+from .models import arch_label, build, input_shape_of
 from .models.hf import HF_PREFIX, hf_tokenizer
 from .pipeline import compress
 from .recipes import built_in, load_recipe
@@ -138,7 +138,7 @@ def _inspect(args: argparse.Namespace) -> int:
     meta = dict(header["meta"])
     arch = meta.pop("arch", None)
     if isinstance(arch, dict):  # the rebuild record can be long: its builder and edit count, not every edit
-        built = arch.get("name") or arch.get("import") or arch.get("hf") or "a model not made by modelzip.build"
+        built = arch_label(arch) or "a model not made by modelzip.build"
         meta["arch"] = f"{built}, {len(arch.get('edits') or [])} structural edits (--json shows them)"
     console.print(meta)
     for name, entry in header["tensors"].items():

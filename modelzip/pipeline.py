@@ -78,20 +78,21 @@ def compress(model: nn.Module, data: DataBundle | Data | None = None, recipe: Re
     bundle = data if isinstance(data, DataBundle) else None
     train = bundle.train if bundle is not None else data
     test = bundle.test if bundle is not None else None
+    inputs = calibration if calibration is not None else train  # what post-training stages and fidelity read
     _check_stages(recipe, train, bundle, calibration)
-    input_shape = bundle.input_shape if bundle is not None else _input_shape(calibration or train)
+    input_shape = bundle.input_shape if bundle is not None else _input_shape(inputs)
     if bundle is not None:
         check_outputs(model, bundle)
     if not pretrained:
         fit(model, train, recipe.train, test=test, loss_fn=loss_fn or cross_entropy, desc="train")
-    score = _metric(model, metric, metric_name, bundle, calibration if calibration is not None else train)
+    score = _metric(model, metric, metric_name, bundle, inputs)
     before = score(model) if score is not None else None
     stages: dict[str, float] = {}
     loss_fn = loss_fn or cross_entropy
 
-    def measure(stage: str, value: float | None = None) -> None:
+    def measure(stage: str) -> None:
         if score is not None:
-            stages[stage] = score(work) if value is None else value
+            stages[stage] = score(work)
 
     if recipe.distill is not None:  # the teacher keeps teaching through retraining and fine-tuning
         work = build(recipe.distill.student, bundle.input_shape, bundle.num_classes,
@@ -113,7 +114,7 @@ def compress(model: nn.Module, data: DataBundle | Data | None = None, recipe: Re
     compensated = None
     if recipe.second_order is not None:
         strip(work)  # an earlier prune's masks become zeros, which the stage keeps
-        compensated = second_order_(work, calibration if calibration is not None else train, recipe.second_order)
+        compensated = second_order_(work, inputs, recipe.second_order)
         measure("after_second_order")
     sharing = None
     if recipe.soft_sharing is not None:

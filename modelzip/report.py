@@ -16,6 +16,7 @@ from rich.table import Table
 
 from . import codec
 from .atomic import atomic_write
+from .models import arch_label
 from .profile import print_comparison
 
 
@@ -56,7 +57,7 @@ def build_report(blob: bytes, *, dense_bytes: int) -> dict[str, Any]:
     meta = header["meta"]
     arch = meta.get("arch") or {}
     return {
-        "model": arch.get("name") or arch.get("import") or "unknown",
+        "model": arch_label(arch) or "unknown",
         "data": meta.get("data"),
         "recipe": meta.get("recipe"),
         "metric": meta.get("metric"),

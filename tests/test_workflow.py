@@ -235,6 +235,7 @@ def test_cli_compresses_a_hugging_face_folder_on_text_lines(hf_folder, tmp_path,
                  "--out", str(out), "--report", str(report)]) == 0
     rep = json.loads(report.read_text())
     assert rep["metric"] == "output cosine vs original" and rep["metric_after"] > 0.95
+    assert rep["model"] == str(hf_folder.resolve())  # the report names the folder the file rebuilds from
     assert rep["second_order"]["encoder.layer.0.attention.self.query"]["action"] == "obs, 4-bit g128"
     assert rep["second_order"]["embeddings.position_embeddings"]["action"] == "8-bit per token (rounded)"
     loaded = modelzip.load(out, allow_import=True)

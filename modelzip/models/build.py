@@ -59,7 +59,7 @@ def rebuild(arch: dict[str, Any], *, allow_import: bool = False, device: str | t
     Structural edits in the record (channels removed, layers factorized) are replayed on the result.
     """
     builder, kwargs = _builder(arch, allow_import)
-    label = _label(arch)
+    label = arch_label(arch)
     with torch.device(device) if device is not None else contextlib.nullcontext():
         try:
             model = builder(**kwargs)
@@ -125,8 +125,10 @@ def _builder(arch: dict[str, Any], allow_import: bool) -> tuple[Callable[..., An
                      "load it into your own module, modelzip.load(path, model)")
 
 
-def _label(arch: dict[str, Any]) -> str:
-    return str(arch.get("name") or arch.get("import") or arch.get("hf"))
+def arch_label(arch: dict[str, Any]) -> str | None:
+    """What built the model a record describes: a built-in name, `pkg.mod:fn` or a Hugging Face folder."""
+    built = arch.get("name") or arch.get("import") or arch.get("hf")
+    return None if built is None else str(built)
 
 
 def _import(ref: str) -> Callable[..., Any]:
