@@ -24,9 +24,13 @@ class UniformGrid:
         self.scale = torch.ones(rows, cols // self.group, dtype=torch.float64)
         self.order = order
         if order is not None:  # columns come permuted: every group's scale is set up front, on `weight`
-            w = weight.double()
-            for g in range(self.scale.shape[1]):
-                self.scale[:, g] = self._scale(w[:, g * self.group : (g + 1) * self.group])
+            self.set_scales(weight)
+
+    def set_scales(self, weight: torch.Tensor) -> None:
+        """Every group's scale from `weight` at once (static groups; or a table rounded with nothing to compensate)."""
+        w = weight.double()
+        for g in range(self.scale.shape[1]):
+            self.scale[:, g] = self._scale(w[:, g * self.group : (g + 1) * self.group])
 
     def __call__(self, w: torch.Tensor, j: int) -> torch.Tensor:
         if self.order is not None:

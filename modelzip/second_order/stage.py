@@ -285,8 +285,8 @@ def _round_table(model: nn.Module, name: str, table: nn.Embedding, config: Secon
             table.weight.copy_(book.round(weight))
         return {"action": action, "error": None}
     grid = UniformGrid(bits, weight.shape[0], weight.shape[1], 0)
-    rounded = torch.stack([grid(weight.double(), j) for j in range(weight.shape[1])], dim=1)
-    codes, scale = grid.codes(rounded)
+    grid.set_scales(weight)
+    codes, scale = grid.codes(weight)
     record_coded(model, name, coded_layer(table, Codes(codes, scale, torch.zeros(scale.shape, dtype=torch.int32),
                                                        bits)))
     return {"action": f"{bits}-bit per token (rounded)", "error": None}
