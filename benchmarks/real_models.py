@@ -281,9 +281,10 @@ def ort_dynamic_int8(float_onnx: bytes) -> bytes:
         return dst.read_bytes()
 
 
-def measure(name: str, model: nn.Module, fp32: nn.Module, runs: dict, measured: Batches, fidelity: Callable,
-            example: dict | torch.Tensor, fp32_bytes: int) -> dict:
+def measure(name: str, fp32: nn.Module, runs: dict, measured: Batches, fidelity: Callable,
+            example: dict | torch.Tensor, inputs: str) -> dict:
     """The JSON entry of one model: every run's size and fidelity, and latency against the fp32 model."""
+    params = sum(p.numel() for p in fp32.parameters())
     timed = {"fp32": fp32} | {k: v[0] for k, v in runs.items()}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # latency on one thread, as ONNX Runtime's sessions here
@@ -291,18 +292,11 @@ def measure(name: str, model: nn.Module, fp32: nn.Module, runs: dict, measured: 
     torch.set_num_threads(threads)
     entries = []
     for method, (module, size, seconds) in runs.items():
-        entries.append({"method": method, "file_bytes": size, "ratio": fp32_bytes / size,
+        entries.append({"method": method, "file_bytes": size, "ratio": 4 * params / size,
                         "fidelity": fidelity(outputs(module, measured)), "seconds": round(seconds, 1),
                         "latency_ratio": latency[method] / latency["fp32"]})
         print(f"  {method}: {json.dumps(entries[-1])}", flush=True)
-    return {name: {"params": sum(p.numel() for p in fp32.parameters()), "fp32_bytes": fp32_bytes,
-                   "inputs": runs_inputs[name], "runs": entries}}
-
-
-runs_inputs = {"paraphrase-MiniLM-L3-v2": f"{EXAMPLES} calibration + {EXAMPLES} measured docstring sentences of "
-                                          f"Python {sys.version.split()[0]}'s standard library",
-               "efficientnet-lite0": f"{EXAMPLES} calibration + {EXAMPLES} measured random crops of the sample "
-                                     "photos of scikit-image and scikit-learn"}
+    return {name: {"params": params, "fp32_bytes": 4 * params, "inputs": inputs, "runs": entries}}
 
 
 def encoder_section() -> dict:
@@ -310,7 +304,6 @@ def encoder_section() -> dict:
     sentences = docstring_sentences(2 * EXAMPLES)
     calibration, measured = text_batches(sentences[:EXAMPLES]), text_batches(sentences[EXAMPLES:])
     fidelity = encoder_fidelity(outputs(model, measured))
-    fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
     # 68% of the weights are the word table: an entropy-coded uniform grid (`embedding_step`, in stds of the
     # table); the Linears int codes per group of 128 inputs, wider where one layer at a time costs the most
     # cosine (the first two blocks' value, attention output and feed-forward), narrower in the last block's
@@ -337,7 +330,9 @@ def encoder_section() -> dict:
     runs["onnxruntime-dynamic-int8"] = (OrtModel(int8_onnx, sentence_output), len(int8_onnx),
                                         time.perf_counter() - began)
     runs["onnxruntime-float"] = (OrtModel(float_onnx, sentence_output), len(float_onnx), 0.0)
-    return measure("paraphrase-MiniLM-L3-v2", model, model, runs, measured, fidelity, measured[0], fp32_bytes)
+    return measure("paraphrase-MiniLM-L3-v2", model, runs, measured, fidelity, measured[0],
+                   f"{EXAMPLES} calibration + {EXAMPLES} measured docstring sentences of Python "
+                   f"{sys.version.split()[0]}'s standard library")
 
 
 def cnn_section() -> dict:
@@ -348,7 +343,6 @@ def cnn_section() -> dict:
     calibration = [images[i:i + 16] for i in range(0, EXAMPLES, 16)]  # unfolded 3x3 patches at 112x112 are large
     measured = [images[i:i + 32] for i in range(EXAMPLES, 2 * EXAMPLES, 32)]
     fidelity = cnn_fidelity(outputs(model, measured))
-    fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
     # the stem, the depthwise convolutions and the classifier hold 12% of the weights and set most of the error
     wide = {"_conv_stem": 8, "_fc": 8, "*depthwise*": 8}
     configs: dict[str, SecondOrderConfig | str] = {"modelzip-int8": "int8"}
@@ -369,7 +363,9 @@ def cnn_section() -> dict:
         int8_onnx = ort_dynamic_int8(float_onnx)
     runs["onnxruntime-dynamic-int8"] = (OrtModel(int8_onnx), len(int8_onnx), time.perf_counter() - began)
     runs["onnxruntime-float"] = (OrtModel(float_onnx), len(float_onnx), 0.0)
-    return measure("efficientnet-lite0", model, model, runs, measured, fidelity, measured[0][:8], fp32_bytes)
+    return measure("efficientnet-lite0", model, runs, measured, fidelity, measured[0][:8],
+                   f"{EXAMPLES} calibration + {EXAMPLES} measured random crops of the sample photos of scikit-image "
+                   "and scikit-learn")
 
 
 # --------------------------------------------------------------------------------- the user's preprocessing
