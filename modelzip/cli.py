@@ -113,9 +113,9 @@ def _distill(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    model = io.load(args.file, allow_import=args.allow_import)
     data = load_data(args.data)
-    _check_input_shape(args.file, data)
+    _check_input_shape(args.file, data)  # from the header: before any weight is decoded
+    model = io.load(args.file, allow_import=args.allow_import)
     print(f"{args.file}: accuracy {evaluate(model, data.test):.2%} on {len(data.test):,} test examples of {data.name}")
     if args.int8:
         from .profile import compare_latency
@@ -169,9 +169,9 @@ def _export(args: argparse.Namespace) -> int:
 
     if args.calibration < 1:
         raise ConfigError(f"--calibration needs at least 1 example, got {args.calibration}")
-    model = io.load(args.file, allow_import=args.allow_import)
     data = load_data(args.data)
     _check_input_shape(args.file, data)
+    model = io.load(args.file, allow_import=args.allow_import)
     calibration = sample(data.train, args.calibration, seed=0) if args.qdq else None
     written = export_onnx(model, args.out, data.input_shape, qdq=args.qdq, calibration=calibration)
     agreement = argmax_agreement(model, args.out, data.test.tensors[0])
