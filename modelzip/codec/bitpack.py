@@ -12,10 +12,20 @@ def packed_size(count: int, bits: int) -> int:
     return -(-count * bits // 8)
 
 
+CHUNK = 1 << 20  # values per step, a multiple of 8 so each step ends on a byte boundary
+
+
 def pack_bits(values: np.ndarray, bits: int) -> bytes:
-    """The values (each in [0, 2^bits), checked by the caller) packed `bits` bits apiece."""
-    stream = np.unpackbits(values.reshape(-1).astype(np.uint8)[:, None], axis=1, bitorder="little")[:, :bits]
-    return np.packbits(stream.reshape(-1), bitorder="little").tobytes()
+    """The values (each in [0, 2^bits), checked by the caller) packed `bits` bits apiece.
+
+    Packs in chunks, so the 8-bytes-per-value bit matrix never exceeds a few MB."""
+    values = values.reshape(-1)
+    out = []
+    for start in range(0, values.size, CHUNK):
+        chunk = values[start : start + CHUNK].astype(np.uint8)
+        stream = np.unpackbits(chunk[:, None], axis=1, bitorder="little")[:, :bits]
+        out.append(np.packbits(stream.reshape(-1), bitorder="little").tobytes())
+    return b"".join(out)
 
 
 def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:

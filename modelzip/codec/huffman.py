@@ -129,22 +129,28 @@ def _reversed_codes(lengths: np.ndarray) -> np.ndarray:
     return out
 
 
-def _pack_bits(values: np.ndarray, widths: np.ndarray) -> bytes:
-    """Write each value's `width` (<= 16) low bits LSB-first, fields back to back (RFC 1951 §3.1.1).
+CHUNK = 1 << 18  # symbols packed per step: bounds the int64 temporaries to a few MB
+
+
+def _scatter_bits(out: np.ndarray, values: np.ndarray, widths: np.ndarray, bit: int) -> int:
+    """OR each value's `width` (<= 16) low bits into `out`, LSB-first from stream bit `bit`, fields
+    back to back (RFC 1951 §3.1.1); returns the bit after the last field.
 
     A field shifted to its bit offset spans at most 3 bytes; fields never share a bit, so OR-ing
-    their bytes together is a sum, and one `np.bincount` scatters them all in O(fields) memory.
+    their bytes together is a sum, and one `np.bincount` scatters a chunk in O(fields) memory.
     """
     values = values.astype(np.int64)  # (n,)
     widths = widths.astype(np.int64)  # (n,)
-    starts = np.cumsum(widths) - widths  # (n,) first bit of each field
-    n_bytes = (int(widths.sum()) + 7) // 8
-    shifted = values << (starts & 7)  # (n,) < 2**23
+    starts = bit + np.cumsum(widths) - widths  # (n,) first stream bit of each field
     first = starts >> 3
-    index = np.concatenate([first, first + 1, first + 2])  # (3n,)
+    base = bit >> 3
+    shifted = values << (starts & 7)  # (n,) < 2**23
+    index = np.concatenate([first, first + 1, first + 2]) - base  # (3n,)
     parts = np.concatenate([shifted & 0xFF, (shifted >> 8) & 0xFF, shifted >> 16])  # (3n,)
-    packed = np.bincount(index, weights=parts, minlength=n_bytes + 2)  # exact: every sum < 256
-    return packed[:n_bytes].astype(np.uint8).tobytes()
+    packed = np.bincount(index, weights=parts).astype(np.uint8)  # exact: every sum < 256
+    span = min(packed.size, out.size - base)
+    out[base : base + span] += packed[:span]  # the bits beyond the stream are zero
+    return bit + int(widths.sum())
 
 
 def _run_length(sequence: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -185,16 +191,10 @@ def _run_length(sequence: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return np.array(symbols), np.array(extra), np.array(widths)
 
 
-def encode(symbols: np.ndarray) -> bytes:
-    """Huffman-code byte symbols (ints in [0, 255]) as one raw dynamic-Huffman DEFLATE block."""
-    symbols = np.asarray(symbols)
-    if symbols.dtype.kind not in "iub":
-        raise ValueError(f"symbols must be integers, got dtype {symbols.dtype}")
-    symbols = symbols.ravel().astype(np.intp)  # (n,)
-    if symbols.size and (symbols.min() < 0 or symbols.max() > 255):
-        raise ValueError("symbols must lie in [0, 255]")
-    counts = np.bincount(symbols, minlength=LITERALS)
-    counts[END_OF_BLOCK] += 1
+def _block(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The block's header fields for literal `counts` (257, end-of-block included): (values,
+    widths, literal codes bit-reversed, literal code lengths). The code follows from the counts
+    alone, so the stream's exact size does too (`encoded_size`)."""
     lit_lengths = code_lengths(counts, MAX_CODE_BITS).astype(np.int64)  # (257,)
     lit_codes = _reversed_codes(lit_lengths)
 
@@ -215,11 +215,44 @@ def encode(symbols: np.ndarray) -> bytes:
             np.column_stack([cl_codes[cl_symbols], cl_extra]).ravel(),
             np.column_stack([cl_lengths[cl_symbols], cl_extra_widths]).ravel(),
         ),
-        (lit_codes[symbols], lit_lengths[symbols]),
-        (lit_codes[[END_OF_BLOCK]], lit_lengths[[END_OF_BLOCK]]),
     ]
     values, widths = (np.concatenate(part) for part in zip(*fields))
-    return _pack_bits(values, widths)
+    return values, widths, lit_codes, lit_lengths
+
+
+def symbol_counts(symbols: np.ndarray) -> np.ndarray:
+    """Occurrences of each byte symbol plus the one end-of-block: the counts a stream is coded for."""
+    counts = np.bincount(symbols, minlength=LITERALS)
+    counts[END_OF_BLOCK] += 1
+    return counts
+
+
+def encoded_size(counts: np.ndarray) -> int:
+    """Exact bytes `encode` writes for symbols with these `counts` (`symbol_counts`), without encoding:
+    lets the tensor encoder price every candidate and encode only the smallest."""
+    _, widths, _, lit_lengths = _block(counts)
+    return (int(widths.sum()) + int(np.dot(counts, lit_lengths)) + 7) // 8
+
+
+def encode(symbols: np.ndarray) -> bytes:
+    """Huffman-code byte symbols (ints in [0, 255]) as one raw dynamic-Huffman DEFLATE block."""
+    symbols = np.asarray(symbols)
+    if symbols.dtype.kind not in "iub":
+        raise ValueError(f"symbols must be integers, got dtype {symbols.dtype}")
+    symbols = symbols.ravel()  # (n,)
+    if symbols.size and (symbols.min() < 0 or symbols.max() > 255):
+        raise ValueError("symbols must lie in [0, 255]")
+    if symbols.dtype != np.uint8:
+        symbols = symbols.astype(np.uint8)
+    counts = symbol_counts(symbols)
+    values, widths, lit_codes, lit_lengths = _block(counts)
+    out = np.zeros(encoded_size(counts), dtype=np.uint8)
+    bit = _scatter_bits(out, values, widths, 0)
+    for start in range(0, symbols.size, CHUNK):
+        chunk = symbols[start : start + CHUNK]
+        bit = _scatter_bits(out, lit_codes[chunk], lit_lengths[chunk], bit)
+    _scatter_bits(out, lit_codes[[END_OF_BLOCK]], lit_lengths[[END_OF_BLOCK]], bit)
+    return out.tobytes()
 
 
 def decode(data: bytes, count: int) -> np.ndarray:

@@ -16,6 +16,14 @@ def relative_indices(positions: np.ndarray, index_bits: int) -> tuple[np.ndarray
     plus fillers where a gap exceeds 2**index_bits - 1; fillers sit on zero elements, so gathering
     the tensor at the returned positions yields their (zero) values.
     """
+    gaps, _ = gap_layout(positions, index_bits)
+    return gaps, absolute_positions(gaps)
+
+
+def gap_layout(positions: np.ndarray, index_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gaps (uint8) of the entries that store `positions`, and which entries are real (int64, one
+    per position, ascending): the others are fillers, so an encoder can place the stored values
+    without gathering the whole tensor."""
     if not 1 <= index_bits <= 8:
         raise ValueError(f"index_bits must lie in 1..8 (gaps are bytes), got {index_bits}")
     positions = np.asarray(positions, dtype=np.int64)  # (k,)
@@ -25,10 +33,11 @@ def relative_indices(positions: np.ndarray, index_bits: int) -> tuple[np.ndarray
     if skipped.size and skipped.min() < 0:
         raise ValueError("positions must be non-negative and strictly increasing")
     span = 1 << index_bits  # one filler covers span - 1 zeros plus its own position
-    fillers = skipped // span  # (k,)
+    fillers = skipped >> index_bits  # (k,)
+    real = np.cumsum(fillers + 1) - 1  # the real entry closes each group
     gaps = np.full(int(fillers.sum()) + positions.size, span - 1, dtype=np.uint8)  # (entries,)
-    gaps[np.cumsum(fillers + 1) - 1] = skipped % span  # the real entry closes each group
-    return gaps, absolute_positions(gaps)
+    gaps[real] = skipped & (span - 1)
+    return gaps, real
 
 
 def absolute_positions(gaps: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 
 from modelzip.codec import huffman
 from modelzip.codec.bitpack import pack_bits, packed_size, unpack_bits
-from modelzip.codec.sparse import absolute_positions, relative_indices
+from modelzip.codec.sparse import absolute_positions, gap_layout
 from modelzip.errors import FormatError
 
 SECTIONS: dict[str, tuple[str, ...]] = {
@@ -49,61 +49,131 @@ DTYPES = frozenset(
 )
 MAX_CODEBOOK = 256  # codebook indices are Huffman-coded as bytes
 INDEX_BITS = range(1, 9)  # the paper fixes 5 (fc) or 8 (conv); searching is cheap and never worse
+SAMPLE = 1 << 16  # values whose distinct count rejects a codebook before a full pass
+CHUNK = 1 << 20  # values looked up in the codebook per step (bounds the int64 temporaries)
 
 Entry = dict
 Candidate = tuple[Entry, list[bytes]]
+Plan = tuple[Entry, Callable[[], list[bytes]]]
+"""An encoding priced exactly (the entry records its section sizes) and the call that builds it."""
 
 
 def encode_tensor(array: np.ndarray) -> Candidate:
-    """Encode `array` with the encoding that gives the fewest bytes: (entry, sections)."""
+    """Encode `array` with the encoding that gives the fewest bytes: (entry, sections).
+
+    Every candidate is priced from symbol counts (`priced_encodings`); only the winner is encoded.
+    """
+    entry, build = min(priced_encodings(array), key=lambda plan: _cost(plan[0]))
+    return entry, build()
+
+
+def priced_encodings(array: np.ndarray) -> list[Plan]:
+    """Every encoding that applies to `array`, in a fixed order (ties go to the first), each with
+    its exact entry and the call that builds its sections."""
     array = np.asarray(array)
     if array.dtype.name not in DTYPES:
         raise ValueError(f"unsupported dtype {array.dtype} (supported: {', '.join(sorted(DTYPES))})")
     flat = np.ascontiguousarray(array.reshape(-1), dtype=array.dtype.newbyteorder("<"))  # (count,)
-    nonzero_rows = flat.view(np.uint8).reshape(flat.size, flat.itemsize).any(axis=1)
-    base = {
-        "dtype": array.dtype.name,
-        "shape": list(array.shape),
-        "count": flat.size,
-        "nonzero": int(np.count_nonzero(nonzero_rows)),
-    }
-    candidates = [_entry(base, "raw", [flat.tobytes()])]
-    if flat.dtype.kind in "fiub" and flat.size:
-        patterns = flat.view(f"<u{flat.itemsize}")  # (count,) bit patterns
-        candidates += _quantized(base, patterns)
+    quantizable = flat.dtype.kind in "fiub"
+    patterns = flat.view(f"<u{flat.itemsize}") if quantizable else None  # (count,) bit patterns
+    if quantizable:
+        nonzero = patterns != 0
+    else:
+        nonzero = flat.view(np.uint8).reshape(flat.size, flat.itemsize).any(axis=1)
+    nnz = int(np.count_nonzero(nonzero))
+    base = {"dtype": array.dtype.name, "shape": list(array.shape), "count": flat.size, "nonzero": nnz}
+    plans = [_plan(base, "raw", [flat.nbytes], lambda: [flat.tobytes()])]
+    if quantizable and flat.size:
+        positions = np.flatnonzero(nonzero) if nnz < flat.size else None  # None: +0.0 never occurs
+        del nonzero
+        plans += _quantized(base, patterns, positions)
         if flat.dtype.kind == "f" and _sparse_raw_may_win(base, flat.itemsize):
-            candidates.append(_sparse_raw(base, flat, patterns))
-    return min(candidates, key=_cost)
+            plans.append(_sparse_raw(base, flat, positions))
+    return plans
 
 
-def _entry(base: Entry, encoding: str, sections: list[bytes], **fields: int) -> Candidate:
-    sizes = {f"{role}_bytes": len(section) for role, section in zip(SECTIONS[encoding], sections)}
-    return {"encoding": encoding, **base, **fields, **sizes}, sections
+def _plan(base: Entry, encoding: str, sizes: list[int], build: Callable[[], list[bytes]], **fields: int) -> Plan:
+    lengths = {f"{role}_bytes": size for role, size in zip(SECTIONS[encoding], sizes)}
+    return {"encoding": encoding, **base, **fields, **lengths}, build
 
 
-def _cost(candidate: Candidate) -> int:
-    """Bytes the candidate adds to the file: its sections plus (uncompressed) JSON entry."""
-    entry, sections = candidate
-    return sum(map(len, sections)) + len(json.dumps(entry, separators=(",", ":")))
+def _cost(entry: Entry) -> int:
+    """Bytes the encoding adds to the file: its sections plus (uncompressed) JSON entry."""
+    sections = sum(entry[f"{role}_bytes"] for role in SECTIONS[entry["encoding"]])
+    return sections + len(json.dumps(entry, separators=(",", ":")))
 
 
-def _quantized(base: Entry, patterns: np.ndarray) -> list[Candidate]:
+def _quantized(base: Entry, patterns: np.ndarray, positions: np.ndarray | None) -> list[Plan]:
     """Dense and (if +0.0 occurs) sparse codebook encodings, when <= 256 distinct patterns."""
-    codebook, inverse = np.unique(patterns, return_inverse=True)  # sorted: +0.0 first
-    if codebook.size > MAX_CODEBOOK:
+    has_zero = positions is not None
+    values = patterns[positions] if has_zero else patterns  # (nonzero,) or (count,)
+    found = _codebook(values, MAX_CODEBOOK - has_zero)
+    if found is None:
         return []
-    inverse = inverse.reshape(-1)  # (count,) codebook index of every element
-    fields = {"codebook_size": codebook.size, "value_bits_fixed": (codebook.size - 1).bit_length()}
+    codebook, inverse = found  # inverse: (values,) uint8
+    if has_zero:  # sorted by bit pattern, +0.0 first
+        codebook = np.concatenate([np.zeros(1, codebook.dtype), codebook])
+        inverse += 1
+    count, bits = base["count"], (codebook.size - 1).bit_length()
+    fields = {"codebook_size": codebook.size, "value_bits_fixed": bits}
     codebook_bytes = codebook.tobytes()  # the bit patterns' bytes are the values' bytes
-    dense = _entry(base, "dense", [codebook_bytes, huffman.encode(inverse)], **fields)
-    packed = _entry(base, "dense-packed", [codebook_bytes, pack_bits(inverse, fields["value_bits_fixed"])], **fields)
-    if codebook[0] != 0:
+    value_counts = huffman.symbol_counts(inverse)
+    dense_counts = value_counts.copy()
+    dense_counts[0] += count - values.size  # the zeros
+
+    def indices() -> np.ndarray:  # (count,) codebook index of every element
+        return inverse if not has_zero else _place(inverse, positions, count)
+
+    dense = _plan(base, "dense", [codebook.nbytes, huffman.encoded_size(dense_counts)],
+                  lambda: [codebook_bytes, huffman.encode(indices())], **fields)
+    packed = _plan(base, "dense-packed", [codebook.nbytes, packed_size(count, bits)],
+                   lambda: [codebook_bytes, pack_bits(indices(), bits)], **fields)
+    if not has_zero:
         return [dense, packed]
+
+    def value_bytes(fillers: int) -> int:  # fillers store index 0, +0.0
+        counts = value_counts.copy()
+        counts[0] += fillers
+        return huffman.encoded_size(counts)
+
     sparse = _best_sparse(
-        base, "sparse", np.flatnonzero(inverse), fields,
-        lambda gaps, at: [codebook_bytes, huffman.encode(gaps), huffman.encode(inverse[at])],
+        base, "sparse", positions, fields, [codebook.nbytes], value_bytes,
+        lambda gaps, real: [codebook_bytes, huffman.encode(gaps), huffman.encode(_place(inverse, real, gaps.size))],
     )  # fmt: skip
     return [dense, packed, sparse]
+
+
+def _codebook(values: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The sorted distinct `values` and each value's index (uint8), or None if more than `limit`.
+
+    A strided sample rejects a tensor of many distinct values (a float layer) at once; otherwise
+    chunked binary searches in the sample's codebook find every index, and values the sample
+    missed are added for a second pass. No full sort, no int64 array of the tensor's size.
+    """
+    book = np.unique(values[:: max(1, values.size // SAMPLE)])
+    inverse = np.empty(values.size, dtype=np.uint8)
+    while book.size <= limit:
+        missed = book[:0]
+        for start in range(0, values.size, CHUNK):
+            chunk = values[start : start + CHUNK]
+            index = np.minimum(np.searchsorted(book, chunk), book.size - 1)
+            miss = book[index] != chunk
+            if miss.any():
+                missed = np.union1d(missed, chunk[miss])
+                if book.size + missed.size > limit:
+                    return None
+            inverse[start : start + CHUNK] = index
+        if not missed.size:
+            return book, inverse
+        book = np.union1d(book, missed)
+    return None
+
+
+def _place(values: np.ndarray, at: np.ndarray, size: int) -> np.ndarray:
+    """`size` zeros with `values` written at positions `at`."""
+    out = np.zeros(size, dtype=values.dtype)
+    out[at] = values
+    return out
 
 
 def _sparse_raw_may_win(base: Entry, itemsize: int) -> bool:
@@ -113,11 +183,11 @@ def _sparse_raw_may_win(base: Entry, itemsize: int) -> bool:
     return has_zero and base["nonzero"] * (itemsize + 1 / 8) < base["count"] * itemsize
 
 
-def _sparse_raw(base: Entry, flat: np.ndarray, patterns: np.ndarray) -> Candidate:
+def _sparse_raw(base: Entry, flat: np.ndarray, positions: np.ndarray) -> Plan:
     """Pruned but not quantized: Huffman-coded gaps plus the entries' raw values."""
     return _best_sparse(
-        base, "sparse-raw", np.flatnonzero(patterns), {},
-        lambda gaps, at: [huffman.encode(gaps), flat[at].tobytes()],
+        base, "sparse-raw", positions, {}, [], lambda fillers: (positions.size + fillers) * flat.itemsize,
+        lambda gaps, real: [huffman.encode(gaps), _place(flat[positions], real, gaps.size).tobytes()],
     )  # fmt: skip
 
 
@@ -126,15 +196,27 @@ def _best_sparse(
     encoding: str,
     positions: np.ndarray,
     fields: dict[str, int],
-    sections: Callable[[np.ndarray, np.ndarray], list[bytes]],
-) -> Candidate:
-    """Try every gap width; keep the one with the fewest bytes."""
+    leading: list[int],
+    value_bytes: Callable[[int], int],
+    build: Callable[[np.ndarray, np.ndarray], list[bytes]],
+) -> Plan:
+    """Price every gap width from the run lengths alone (O(nonzero) each); keep the cheapest.
+
+    `leading` are the sizes of the sections before the index (the codebook), `value_bytes` the
+    value section's size given the number of fillers, `build` the sections from `gap_layout`.
+    """
+    skipped = np.diff(positions, prepend=-1) - 1  # (nonzero,) zeros before each non-zero
     options = []
     for index_bits in INDEX_BITS:
-        gaps, at = relative_indices(positions, index_bits)
-        counts = {"index_bits": index_bits, "entries": gaps.size, "fillers": gaps.size - positions.size}
-        options.append(_entry(base, encoding, sections(gaps, at), **fields, **counts))
-    return min(options, key=_cost)
+        span = 1 << index_bits
+        fillers = int((skipped >> index_bits).sum())  # each holds gap span - 1
+        gap_counts = huffman.symbol_counts(skipped & (span - 1))
+        gap_counts[span - 1] += fillers
+        sizes = [*leading, huffman.encoded_size(gap_counts), value_bytes(fillers)]
+        counts = {"index_bits": index_bits, "entries": positions.size + fillers, "fillers": fillers}
+        options.append(_plan(base, encoding, sizes, lambda b=index_bits: build(*gap_layout(positions, b)),
+                             **fields, **counts))
+    return min(options, key=lambda plan: _cost(plan[0]))
 
 
 def decode_tensor(entry: Entry, sections: list[bytes]) -> np.ndarray:

@@ -3,6 +3,10 @@
 The paper compares three ways to place the initial centroids and finds linear the best: it keeps
 centroids on the few large weights, which matter most yet are rare, where density-based or random
 (Forgy) starts crowd the centroids into the peak around zero.
+
+Weights are scalars, so the clustering is 1-D and needs no general k-means: after one sort, each
+cluster is a run of sorted values and Lloyd's iteration costs k binary searches (`lloyd_1d`); a
+small problem is solved exactly by dynamic programming (`optimal_1d`).
 """
 from __future__ import annotations
 
@@ -10,9 +14,10 @@ from enum import Enum
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
 
 from ..errors import ConfigError
+
+EXACT_WORK = 1 << 24  # distinct values^2 x k below which the exact dynamic program is cheap (~0.1 s)
 
 
 class Init(str, Enum):
@@ -36,27 +41,27 @@ def kmeans_codebook(weights: torch.Tensor, k: int, init: Init | str = Init.LINEA
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster the 1-D `weights` into at most `k` centroids: (centroids (k',), assignment (n,)).
 
-    k' < k only when there are fewer distinct weights than k. Centroids come out sorted ascending.
+    k' < k when there are fewer distinct weights than k, or a cluster empties during Lloyd's
+    iteration. Centroids come out sorted ascending; each weight goes to its nearest centroid. Small
+    problems are solved exactly (`optimal_1d`), the rest by `lloyd_1d` from `init`.
     """
     if k < 1:
         raise ConfigError(f"a codebook needs k >= 1 centroids, got {k}")
-    w = weights.detach().double().cpu().numpy().reshape(-1)
+    w = weights.detach().cpu().float().numpy().reshape(-1)
     if w.size == 0:
         return torch.zeros(0), torch.zeros(0, dtype=torch.long)
-    k = min(k, np.unique(w).size)
-    start = initial_centroids(w, k, init, seed)
-    if np.unique(start).size < k:  # e.g. density init on heavily tied weights: fall back to Forgy
-        start = initial_centroids(w, k, Init.RANDOM, seed)
-    km = KMeans(n_clusters=k, init=start.reshape(-1, 1), n_init=1, random_state=seed).fit(w.reshape(-1, 1))
-    order = np.argsort(km.cluster_centers_.reshape(-1))
-    rank = np.empty_like(order)
-    rank[order] = np.arange(k)
-    centroids = torch.from_numpy(km.cluster_centers_.reshape(-1)[order]).float()
-    return centroids, torch.from_numpy(rank[km.labels_]).long()
+    exact = w.size ** 2 * k <= EXACT_WORK
+    centroids = optimal_1d(w, k) if exact else lloyd_1d(w, k, init=init, seed=seed)
+    return torch.from_numpy(centroids).float(), torch.from_numpy(nearest(w, centroids)).long()
+
+
+def nearest(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of each value's nearest sorted centroid (a tie at a midpoint goes to the upper one)."""
+    return np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values, side="right")
 
 
 def lloyd_1d(values: np.ndarray, k: int, weights: np.ndarray | None = None, *, init: Init | str = Init.LINEAR,
-             iterations: int = 100, seed: int = 0) -> np.ndarray:
+             iterations: int = 3000, seed: int = 0) -> np.ndarray:
     """Weighted 1-D k-means by Lloyd's iteration on sorted values: sorted centroids (empty clusters dropped).
 
     In one dimension each cluster is a run of the sorted values between the midpoints of neighbouring
@@ -64,21 +69,94 @@ def lloyd_1d(values: np.ndarray, k: int, weights: np.ndarray | None = None, *, i
     one sort. `weights` (>= 0, one per value) make the within-cluster error sum_i weight_i (x_i - c)^2,
     e.g. a Hessian diagonal, so that the weights that matter most are reproduced best.
     """
-    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    x = np.asarray(values).reshape(-1)
     if x.size == 0:
         return np.zeros(0)
-    order = np.argsort(x, kind="stable")
-    x = x[order]
-    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)[order]
-    mass, moment = np.concatenate([[0.0], np.cumsum(w)]), np.concatenate([[0.0], np.cumsum(w * x)])
-    centroids = np.unique(initial_centroids(x, min(k, np.unique(x).size), init, seed))
+    if weights is None:  # a plain sort in the values' own dtype: half the memory of float64 for fp32
+        x = np.sort(x)
+        w = None
+    else:
+        order = np.argsort(x, kind="stable")
+        x = x[order]
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)[order]
+    sums = _prefix_sums(x, w)
+    centroids = _start(x, k, init, seed)
+    k = centroids.size
     for _ in range(iterations):
-        edges = np.searchsorted(x, (centroids[1:] + centroids[:-1]) / 2)
+        # midpoints in the values' dtype: searching float64 keys would convert all of x each time
+        edges = np.searchsorted(x, ((centroids[1:] + centroids[:-1]) / 2).astype(x.dtype))
         lo, hi = np.concatenate([[0], edges]), np.concatenate([edges, [x.size]])
-        total = mass[hi] - mass[lo]
-        filled = total > 0
-        new = (moment[hi] - moment[lo])[filled] / total[filled]
-        if new.size == centroids.size and np.array_equal(new, centroids):
+        mass, moment, _ = (s[hi] - s[lo] for s in sums)
+        filled = mass > 0
+        lo, hi, new = lo[filled], hi[filled], moment[filled] / mass[filled]
+        while new.size < k:  # an emptied cluster: bisect the one of largest error instead
+            lo, hi, new = _bisect_worst(x, sums, lo, hi, new)
+        if np.array_equal(new, centroids):
             break
         centroids = new
     return centroids
+
+
+def _prefix_sums(x: np.ndarray, w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Prefix sums of w, w x and w x^2 over the sorted values (w = 1 if None), from 0: each (n+1,)."""
+    x = x.astype(np.float64)
+    terms = (np.ones_like(x), x, x * x) if w is None else (w, w * x, w * x * x)
+    return tuple(np.concatenate([[0.0], np.cumsum(t)]) for t in terms)
+
+
+def _bisect_worst(x: np.ndarray, sums: tuple[np.ndarray, ...], lo: np.ndarray, hi: np.ndarray,
+                  means: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split the run of largest squared error at its mean into two runs (each keeps >= 1 value:
+    a run with error holds two distinct values, and its mean lies strictly between them)."""
+    mass, moment, square = (s[hi] - s[lo] for s in sums)
+    worst = int(np.argmax(square - moment ** 2 / mass))
+    a, b = int(lo[worst]), int(hi[worst])
+    cut = a + int(np.searchsorted(x[a:b], means[worst]))
+    mass, moment = (np.array([s[cut] - s[a], s[b] - s[cut]]) for s in sums[:2])
+    return (np.insert(lo, worst + 1, cut), np.insert(hi, worst, cut),
+            np.concatenate([means[:worst], moment / mass, means[worst + 1:]]))
+
+
+def _start(ordered: np.ndarray, k: int, init: Init | str, seed: int) -> np.ndarray:
+    """Distinct starting centroids of sorted values: min(k, distinct values) of them, from `init`,
+    or Forgy's when `init` ties (density on heavily tied weights)."""
+    distinct = ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])]
+    k = min(k, distinct.size)
+    start = np.unique(initial_centroids(ordered, k, init, seed))
+    if start.size < k:
+        start = np.sort(np.random.default_rng(seed).choice(distinct, k, replace=False)).astype(np.float64)
+    return start
+
+
+def optimal_1d(values: np.ndarray, k: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """The k centroids of least (weighted) within-cluster squared error, exactly: sorted, ascending.
+
+    Optimal clusters are runs of the sorted distinct values, so a dynamic program over run ends
+    (Bellman 1973; Wang & Song 2011's Ckmeans.1d.dp) finds them in O(k m^2) for m distinct values:
+    for small inputs, and as the yardstick Lloyd's iteration is tested against.
+    """
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    if x.size == 0:
+        return np.zeros(0)
+    distinct, inverse = np.unique(x, return_inverse=True)
+    mass = np.bincount(inverse.reshape(-1), weights=w)  # (m,)
+    k = min(k, distinct.size)
+    s0, s1, s2 = (np.concatenate([[0.0], np.cumsum(mass * distinct ** p)]) for p in range(3))
+    lo, hi = np.triu_indices(distinct.size + 1, 1)  # every run [lo, hi) of distinct values
+    cost = np.full((distinct.size + 1,) * 2, np.inf)  # (m+1, m+1): error of run [i, j)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        run = s2[hi] - s2[lo] - (s1[hi] - s1[lo]) ** 2 / (s0[hi] - s0[lo])
+    cost[lo, hi] = np.where(s0[hi] > s0[lo], np.maximum(run, 0.0), 0.0)
+    best = cost[0]  # (m+1,): least error of the first j values in one cluster
+    splits = []
+    for _ in range(k - 1):  # one more cluster: its run [i, j) follows the best i values in fewer
+        total = best[:, None] + cost  # (m+1, m+1)
+        splits.append(np.argmin(total, axis=0))
+        best = total[splits[-1], np.arange(distinct.size + 1)]
+    ends = [distinct.size]  # run ends, last first: each split points at the start of the run ending there
+    for split in reversed(splits):
+        ends.append(int(split[ends[-1]]))
+    bounds = [0, *ends[::-1]]  # [0, e1, ..., m]
+    runs = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if s0[b] > s0[a]]
+    return np.array([(s1[b] - s1[a]) / (s0[b] - s0[a]) for a, b in runs])

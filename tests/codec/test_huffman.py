@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelzip.codec.huffman import canonical_codes, code_lengths, decode, encode, entropy_bits
+from modelzip.codec.huffman import (CHUNK, canonical_codes, code_lengths, decode, encode, encoded_size, entropy_bits,
+                                    symbol_counts)
 from modelzip.errors import FormatError
 
 symbol_arrays = st.one_of(
@@ -83,6 +84,15 @@ def test_round_trip(symbols):
     data = encode(symbols)
     assert decode(data, symbols.size).tolist() == symbols.tolist()
     assert zlib.decompress(data, -15) == symbols.tobytes()  # a plain RFC 1951 stream
+    assert encoded_size(symbol_counts(symbols)) == len(data)
+
+
+def test_stream_across_chunks():
+    """Chunks end at arbitrary bit offsets; the stream must not notice."""
+    symbols = np.minimum(np.random.default_rng(4).geometric(0.05, 2 * CHUNK + 12_345), 255).astype(np.uint8)
+    data = encode(symbols)
+    assert len(data) == encoded_size(symbol_counts(symbols))
+    assert zlib.decompress(data, -15) == symbols.tobytes()
 
 
 def test_round_trip_needs_length_limit():

@@ -1,12 +1,14 @@
 """Per-tensor encodings: choice of encoding, exact round trips, entry keys, validation."""
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from modelzip.codec.tensors import DTYPES, decode_tensor, encode_tensor
+from modelzip.codec.tensors import DTYPES, SECTIONS, decode_tensor, encode_tensor, priced_encodings
 from modelzip.errors import FormatError
 
 COMMON = {"encoding", "dtype", "shape", "count", "nonzero"}
@@ -199,3 +201,41 @@ def test_packed_indices_beyond_the_codebook():
         decode_tensor(entry, [codebook, b"\xff" + values[1:]])  # 2-bit index 3: a 4th codeword
     with pytest.raises(FormatError, match="value section is 749 bytes, 3000 indices of 2 bits need 750"):
         decode_tensor({**entry, "value_bytes": 749}, [codebook, values[:749]])
+
+
+def candidate_arrays() -> list[np.ndarray]:
+    """Every encoding family, ties and the codebook search's corner cases (values the strided
+    sample misses, more than 256 patterns found only late)."""
+    rng = np.random.default_rng(11)
+    book = rng.normal(size=31).astype(np.float32)
+    pruned = book[rng.integers(0, 31, 200_000)]
+    pruned[rng.random(pruned.size) < 0.92] = 0
+    rare = pruned.copy()
+    rare[[5, 150_001]] = [7.0, 9.0]  # two values between the sample's strides
+    late = np.repeat(np.arange(250, dtype=np.float32), 1000)
+    late[rng.integers(0, late.size, 10)] = rng.normal(size=10)  # 260 patterns, 250 of them common
+    raw_pruned = rng.normal(size=5000).astype(np.float32)
+    raw_pruned[rng.random(5000) < 0.8] = 0
+    return [pruned, rare, late, raw_pruned, np.zeros(300, np.float16), rng.integers(-8, 8, 999).astype(np.int8),
+            np.array([0.0, -0.0] * 40, np.float32), rng.normal(size=(7, 3)).astype(np.float64)]
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_every_candidate_is_priced_exactly(index):
+    """The encoder encodes only the winner, so each priced size must be the size of its sections."""
+    array = candidate_arrays()[index]
+    plans = priced_encodings(array)
+    for entry, build in plans:
+        sections = build()
+        assert [entry[f"{role}_bytes"] for role in SECTIONS[entry["encoding"]]] == list(map(len, sections))
+        assert decode_tensor(entry, sections).tobytes() == array.tobytes()
+    entry, sections = encode_tensor(array)
+    brute = min(plans, key=lambda plan: sum(map(len, plan[1]())) + len(json.dumps(plan[0], separators=(",", ":"))))
+    assert entry == brute[0]
+
+
+def test_late_patterns_reject_the_codebook():
+    late = candidate_arrays()[2]
+    assert {entry["encoding"] for entry, _ in priced_encodings(late)} == {"raw"}
+    common = np.repeat(np.arange(1, 251, dtype=np.float32), 1000)
+    assert {entry["encoding"] for entry, _ in priced_encodings(common)} == {"raw", "dense", "dense-packed"}
