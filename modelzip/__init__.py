@@ -15,7 +15,7 @@ from .layers import strip
 from .lowrank import LowRankConfig, factorize_, low_rank
 from .models import build
 from .pipeline import Compressed, compress
-from .prune import PruneConfig, iterative_prune, obd_score, prune_
+from .prune import PruneConfig, iterative_prune, obd_score, prune_, sparsify_
 from .second_order import SecondOrderConfig, second_order_
 from .quantize import (QuantizeConfig, QuantSpec, UniformConfig, prepare_qat, quantize_, quantize_weights_,
                        trained_quantization, uniform_quantization)
@@ -35,6 +35,6 @@ __all__ = [
     "TrainConfig", "TruncatedError", "UniformConfig", "allocate", "build", "compress", "dumps", "evaluate",
     "factorize_", "fit", "header", "iterative_prune", "kd_loss", "load", "load_data", "load_recipe", "loads",
     "low_rank", "network_slimming", "obd_score", "predict", "prepare_qat", "prune_", "prune_channels_", "quantize_",
-    "quantize_weights_", "save", "second_order_", "soft_weight_sharing", "strip", "trained_quantization",
-    "uniform_quantization",
+    "quantize_weights_", "save", "second_order_", "soft_weight_sharing", "sparsify_", "strip",
+    "trained_quantization", "uniform_quantization",
 ]

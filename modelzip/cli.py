@@ -19,6 +19,7 @@ from .data.text import read_lines, text_batches
 from .models import arch_label, build, input_shape_of
 from .models.hf import HF_PREFIX, hf_tokenizer
 from .pipeline import compress
+from .prune.sparse_exec import SparseLayer
 from .recipes import built_in, load_recipe
 from .report import print_report, write_report
 from .train import TrainConfig, evaluate, fit
@@ -113,9 +114,15 @@ def _distill(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    if args.sparse and args.int8:
+        raise ConfigError("--sparse and --int8 are two execution paths for the float layers: give one")
     data = load_data(args.data)
     _check_input_shape(args.file, data)  # from the header: before any weight is decoded
-    model = io.load(args.file, allow_import=args.allow_import)
+    model = io.load(args.file, allow_import=args.allow_import, sparse=args.sparse)
+    if args.sparse:
+        sparse = sum(isinstance(m, SparseLayer) for m in model.modules())
+        dense = sum(isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) for m in model.modules())
+        print(f"sparse execution: {sparse} of {sparse + dense} Linear/Conv2d layers went sparse (measured faster)")
     print(f"{args.file}: accuracy {evaluate(model, data.test):.2%} on {len(data.test):,} test examples of {data.name}")
     if args.int8:
         from .profile import compare_latency
@@ -263,6 +270,8 @@ def _parser() -> argparse.ArgumentParser:
                     "accuracy and CPU latency against float")
     ev.add_argument("--calibration", type=int, default=256, metavar="N",
                     help="with --int8: training examples that set the activation ranges")
+    ev.add_argument("--sparse", action="store_true", help="run pruned layers on sparse (CSR) kernels where "
+                    "measured faster (modelzip.load(..., sparse=True))")
     ev.set_defaults(run=_eval)
 
     ins = commands.add_parser("inspect", help="header, per-tensor encodings and sizes, without decoding weights")
