@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 # On a machine without the local CPU wheel: make TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test benchmarks real-models
+.PHONY: setup demo test benchmarks real-models scale
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -41,3 +41,8 @@ $(REAL)/.installed: pyproject.toml
 
 real-models: $(REAL)/.installed
 	$(REAL)/bin/python benchmarks/real_models.py
+
+# benchmarks/scale.py: kmeans1d (an exact O(kn) 1-D k-means in C++) is the yardstick of the k-means section only.
+scale: setup
+	$(PY) -m pip install -q kmeans1d==0.5.0
+	cd benchmarks && ../$(PY) scale.py

@@ -41,6 +41,9 @@ def gap_layout(positions: np.ndarray, index_bits: int) -> tuple[np.ndarray, np.n
 
 
 def absolute_positions(gaps: np.ndarray) -> np.ndarray:
-    """Flat positions of the entries: cumsum(gaps + 1) - 1, computed without uint8 overflow."""
-    gaps = np.asarray(gaps)
-    return np.cumsum(gaps, dtype=np.int64) + np.arange(gaps.size, dtype=np.int64)
+    """Flat positions of the entries: cumsum(gaps + 1) - 1, in one int64 array (no uint8 overflow)."""
+    positions = np.asarray(gaps).astype(np.int64)
+    positions += 1
+    np.cumsum(positions, out=positions)
+    positions -= 1
+    return positions

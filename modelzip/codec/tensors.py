@@ -86,9 +86,10 @@ def priced_encodings(array: np.ndarray) -> list[Plan]:
     if quantizable and flat.size:
         positions = np.flatnonzero(nonzero) if nnz < flat.size else None  # None: +0.0 never occurs
         del nonzero
-        plans += _quantized(base, patterns, positions)
+        prices = _gap_prices(positions) if positions is not None else []
+        plans += _quantized(base, patterns, positions, prices)
         if flat.dtype.kind == "f" and _sparse_raw_may_win(base, flat.itemsize):
-            plans.append(_sparse_raw(base, flat, positions))
+            plans.append(_sparse_raw(base, flat, positions, prices))
     return plans
 
 
@@ -103,7 +104,8 @@ def _cost(entry: Entry) -> int:
     return sections + len(json.dumps(entry, separators=(",", ":")))
 
 
-def _quantized(base: Entry, patterns: np.ndarray, positions: np.ndarray | None) -> list[Plan]:
+def _quantized(base: Entry, patterns: np.ndarray, positions: np.ndarray | None,
+               prices: list[tuple[int, int, int]]) -> list[Plan]:
     """Dense and (if +0.0 occurs) sparse codebook encodings, when <= 256 distinct patterns."""
     has_zero = positions is not None
     values = patterns[positions] if has_zero else patterns  # (nonzero,) or (count,)
@@ -137,7 +139,7 @@ def _quantized(base: Entry, patterns: np.ndarray, positions: np.ndarray | None) 
         return huffman.encoded_size(counts)
 
     sparse = _best_sparse(
-        base, "sparse", positions, fields, [codebook.nbytes], value_bytes,
+        base, "sparse", positions, prices, fields, [codebook.nbytes], value_bytes,
         lambda gaps, real: [codebook_bytes, huffman.encode(gaps), huffman.encode(_place(inverse, real, gaps.size))],
     )  # fmt: skip
     return [dense, packed, sparse]
@@ -183,36 +185,57 @@ def _sparse_raw_may_win(base: Entry, itemsize: int) -> bool:
     return has_zero and base["nonzero"] * (itemsize + 1 / 8) < base["count"] * itemsize
 
 
-def _sparse_raw(base: Entry, flat: np.ndarray, positions: np.ndarray) -> Plan:
+def _sparse_raw(base: Entry, flat: np.ndarray, positions: np.ndarray, prices: list[tuple[int, int, int]]) -> Plan:
     """Pruned but not quantized: Huffman-coded gaps plus the entries' raw values."""
     return _best_sparse(
-        base, "sparse-raw", positions, {}, [], lambda fillers: (positions.size + fillers) * flat.itemsize,
+        base, "sparse-raw", positions, prices, {}, [], lambda fillers: (positions.size + fillers) * flat.itemsize,
         lambda gaps, real: [huffman.encode(gaps), _place(flat[positions], real, gaps.size).tobytes()],
     )  # fmt: skip
+
+
+def _gap_prices(positions: np.ndarray) -> list[tuple[int, int, int]]:
+    """(index_bits, fillers, index section bytes) of every gap width, from the run lengths alone.
+
+    Width b stores a run of r zeros as r >> b fillers (gap 2^b - 1 each) and one gap r & (2^b - 1).
+    When runs are short (the usual case) their histogram prices each width in O(longest run);
+    otherwise each width costs O(nonzero).
+    """
+    skipped = np.diff(positions, prepend=-1) - 1  # (nonzero,) zeros before each non-zero
+    if skipped.size and skipped.max() <= 4 * skipped.size:
+        runs = np.bincount(skipped)  # runs[r]: how many runs of r zeros
+        lengths = np.flatnonzero(runs)
+        runs = runs[lengths]
+    else:
+        lengths, runs = skipped, None
+    prices = []
+    for index_bits in INDEX_BITS:
+        span = 1 << index_bits
+        fillers = int(np.dot(lengths >> index_bits, runs) if runs is not None else (lengths >> index_bits).sum())
+        gap_counts = np.bincount(lengths & (span - 1), weights=runs, minlength=huffman.LITERALS).astype(np.int64)
+        gap_counts[span - 1] += fillers
+        gap_counts[huffman.END_OF_BLOCK] += 1
+        prices.append((index_bits, fillers, huffman.encoded_size(gap_counts)))
+    return prices
 
 
 def _best_sparse(
     base: Entry,
     encoding: str,
     positions: np.ndarray,
+    prices: list[tuple[int, int, int]],
     fields: dict[str, int],
     leading: list[int],
     value_bytes: Callable[[int], int],
     build: Callable[[np.ndarray, np.ndarray], list[bytes]],
 ) -> Plan:
-    """Price every gap width from the run lengths alone (O(nonzero) each); keep the cheapest.
+    """The cheapest gap width (`prices` from `_gap_prices`) for this encoding.
 
     `leading` are the sizes of the sections before the index (the codebook), `value_bytes` the
     value section's size given the number of fillers, `build` the sections from `gap_layout`.
     """
-    skipped = np.diff(positions, prepend=-1) - 1  # (nonzero,) zeros before each non-zero
     options = []
-    for index_bits in INDEX_BITS:
-        span = 1 << index_bits
-        fillers = int((skipped >> index_bits).sum())  # each holds gap span - 1
-        gap_counts = huffman.symbol_counts(skipped & (span - 1))
-        gap_counts[span - 1] += fillers
-        sizes = [*leading, huffman.encoded_size(gap_counts), value_bytes(fillers)]
+    for index_bits, fillers, index_bytes in prices:
+        sizes = [*leading, index_bytes, value_bytes(fillers)]
         counts = {"index_bits": index_bits, "entries": positions.size + fillers, "fillers": fillers}
         options.append(_plan(base, encoding, sizes, lambda b=index_bits: build(*gap_layout(positions, b)),
                              **fields, **counts))
