@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from . import io
+from . import distributed, io
 from .atomic import atomic_write
 from .data import DataBundle, load_data, sample, split
 from .distill import DistillConfig, adjust_bias_, distill, search_bias_offset, without_classes
@@ -30,7 +30,8 @@ DATA_HELP = "data set: mnist5k (built in, default), digits, mnist:DIR, idx:DIR; 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return args.run(args)
+        with distributed.launched():  # under torchrun: one process group, training shared, rank 0 writes
+            return args.run(args)
     except ModelzipError as exc:
         print(f"modelzip: error: {exc}", file=sys.stderr)
         return 2
@@ -42,9 +43,10 @@ def _demo(args: argparse.Namespace) -> int:
     model = build("lenet-300-100", data.input_shape, data.num_classes)
     out = Path(args.out_dir)
     result = compress(model, data, "deep-compression", pretrained=False, out=out / "lenet-300-100.mzip")
-    write_report(result.report, out / "lenet-300-100.json")
-    print_report(result.report)
-    print(f"wrote {out / 'lenet-300-100.mzip'} and {out / 'lenet-300-100.json'}")
+    if distributed.is_main():
+        write_report(result.report, out / "lenet-300-100.json")
+        print_report(result.report)
+        print(f"wrote {out / 'lenet-300-100.mzip'} and {out / 'lenet-300-100.json'}")
     return 0
 
 
@@ -62,6 +64,8 @@ def _compress(args: argparse.Namespace) -> int:
         model = build(args.model, data.input_shape, data.num_classes, weights=args.weights)
         pretrained = args.pretrained or args.weights is not None
         result = compress(model, data, recipe, pretrained=pretrained, out=args.out)
+    if not distributed.is_main():  # the other ranks of a torchrun trained along; rank 0 writes and prints
+        return 0
     if args.report:
         write_report(result.report, args.report)
     print_report(result.report)
@@ -77,6 +81,8 @@ def _train(args: argparse.Namespace) -> int:
     data = load_data(args.data, seed=args.seed)
     model = build(args.model, data.input_shape, data.num_classes)
     fit(model, data.train, TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed), test=data.test)
+    if not distributed.is_main():
+        return 0
     atomic_write(args.out, lambda f: torch.save(model.state_dict(), f))
     print(f"test accuracy {evaluate(model, data.test):.2%}; wrote {args.out}")
     return 0
@@ -106,6 +112,8 @@ def _distill(args: argparse.Namespace) -> int:
         adjust_bias_(student, args.omit, offset)
         before, accuracy = accuracy, evaluate(student, data.test)
         print(f"bias of classes {args.omit} {offset:+g}: accuracy {before:.2%} -> {accuracy:.2%}")
+    if not distributed.is_main():
+        return 0
     atomic_write(args.out, lambda f: torch.save(student.state_dict(), f))
     for name, teacher in zip(names, teachers):
         print(f"teacher {name}: accuracy {evaluate(teacher, data.test):.2%}")

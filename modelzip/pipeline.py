@@ -20,6 +20,7 @@ from torch.utils.data import TensorDataset
 from .atomic import atomic_write
 from .data import DataBundle
 from .data.feed import Data, call, first, inputs_of, output_tensor
+from .distributed import broadcast_module_, is_main
 from .distill import teaching
 from .errors import ConfigError, ModelError
 from .io import dense_bytes, dumps, loads
@@ -72,6 +73,9 @@ def compress(model: nn.Module, data: DataBundle | Data | None = None, recipe: Re
     A `slimming` or `low_rank` stage changes the network's structure; the
     report's `structure` then compares parameters, FLOPs and CPU latency per layer of the given and
     the decoded network.
+
+    Under `torchrun` (a process group: `modelzip.distributed.init()`) the training stages run
+    data-parallel; only rank 0 writes `out`, and every rank returns the same result.
     """
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
     began = time.perf_counter()
@@ -129,6 +133,7 @@ def compress(model: nn.Module, data: DataBundle | Data | None = None, recipe: Re
         uniform_quantization(work, train, recipe.uniform, test=test, loss_fn=loss_fn)
         measure("after_uniform")
     strip(work)
+    broadcast_module_(work)  # under torchrun: every rank encodes rank 0's network, the same bytes
     meta: dict[str, Any] = {"data": _data_name(data), "recipe": recipe.name}
     if input_shape is not None:
         meta["input_shape"] = list(input_shape)
@@ -139,7 +144,7 @@ def compress(model: nn.Module, data: DataBundle | Data | None = None, recipe: Re
         if score.name == "accuracy":  # the name every earlier report and benchmark reads
             meta.update(accuracy_before=before, accuracy_after=meta["metric_after"])
     blob = dumps(work, arch=arch, meta=meta)
-    if out is not None:
+    if out is not None and is_main():  # under torchrun the other ranks return the same result unwritten
         atomic_write(out, lambda f: f.write(blob))
     report = build_report(blob, dense_bytes=dense_bytes(model))
     report.update(stages=stages, seconds=round(time.perf_counter() - began, 1))

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .atomic import atomic_write
 from .layers import device_of, eval_mode
 from .data import jitter
@@ -97,41 +98,79 @@ def fit(model: nn.Module, train: Data, config: TrainConfig = TrainConfig(), *,
 
     With `checkpoint`, the model and optimizer state are written there (atomically) after every epoch,
     and a later call with the same path resumes after the last finished epoch.
+
+    Under `torchrun` (a process group, see `modelzip.distributed`) each rank trains on every
+    world_size-th batch and the gradients are averaged, not wrapped in DistributedDataParallel, so
+    `loss_fn` and `param_groups` work unchanged. The model comes from rank 0 at the start and after each
+    epoch; only rank 0 prints and writes the checkpoint, which any number of ranks can resume from.
     """
     torch.manual_seed(config.seed)
+    distributed.warn_if_unjoined()
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     optimizer = _optimizer(groups, config)
     per_epoch = batch_count(train, config.batch_size)
     if per_epoch == 0:
         raise ConfigError("the training data holds no batches")
     epochs = max(config.epochs, -(-config.min_steps // per_epoch))
-    steps = max(1, epochs * per_epoch)
+    synced = distributed.is_distributed()
+    per_rank = -(-per_epoch // distributed.world_size())  # each rank's steps per epoch
+    steps = max(1, epochs * per_rank)
+    start, logs = _resume(checkpoint, model, optimizer)
+    done = start * per_rank  # the schedule follows the epochs done, whatever the world size that did them
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        optimizer, (lambda s: 0.5 * (1 + math.cos(math.pi * min(done + s, steps) / steps)))
         if config.cosine else (lambda s: 1.0))
-    start, logs = _resume(checkpoint, model, optimizer, schedule)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if synced:
+        if not distributed.agreed(start):
+            raise ModelError(f"checkpoint {checkpoint} is not the same file on every rank (this one resumes after "
+                             f"epoch {start}): put it where every rank reads it")
+        distributed.broadcast_module_(model, *params)
     device = device_of(model)
     for epoch in range(start, epochs):
         model.train()
         began, total, seen = time.perf_counter(), 0.0, 0
         loader = iterate(train, config.batch_size, shuffle=True, seed=config.seed + epoch)
-        for batch in tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", leave=False, disable=None, total=per_epoch):
-            batch = to_device(batch, device)
-            loss = loss_fn(model, batch)
-            if not torch.isfinite(loss):
-                raise ModelError(f"training diverged: loss is {loss.item()} in epoch {epoch + 1}; lower the lr")
+        if synced:  # the same seeded order on every rank, each taking every world_size-th batch
+            loader = distributed.shard(loader, per_rank)
+        for batch in tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
+                          disable=None if distributed.is_main() else True, total=per_rank):
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_sum, count = _backward(model, batch, loss_fn, device)
+            if synced:  # the optimizer's own parameters: a prior's in `param_groups` or a penalty's are averaged too
+                loss_sum, count = distributed.average_gradients_(params, loss_sum, count)
+            if not math.isfinite(loss_sum):
+                raise ModelError(f"training diverged: loss is {loss_sum} in epoch {epoch + 1}; lower the lr")
             optimizer.step()
             schedule.step()
-            total += loss.item() * batch_length(batch)
-            seen += batch_length(batch)
+            total += loss_sum
+            seen += count
+        if synced:  # buffers (BatchNorm statistics) saw each rank's own batches: rank 0's are kept, as DDP does
+            distributed.broadcast_module_(model, *params)
         accuracy = evaluate(model, test) if test is not None else None
         logs.append(EpochLog(epoch + 1, total / max(seen, 1), time.perf_counter() - began, accuracy))
-        _progress(desc, epochs, logs[-1])
-        if checkpoint is not None:
-            _save_checkpoint(checkpoint, model, optimizer, schedule, logs)
+        if distributed.is_main():
+            _progress(desc, epochs, logs[-1])
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, model, optimizer, logs)
     return logs
+
+
+def _backward(model: nn.Module, batch: Batch | None, loss_fn: LossFn, device: torch.device) -> tuple[float, int]:
+    """Accumulate the gradients of one batch; returns its loss summed over its examples and their count.
+
+    A diverged loss is not backpropagated (the caller stops); a rank whose share of the epoch ran out
+    (None) adds nothing but still takes the step with the others.
+    """
+    if batch is None:
+        return 0.0, 0
+    batch = to_device(batch, device)
+    loss = loss_fn(model, batch)
+    count = batch_length(batch)
+    loss_sum = loss.item() * count
+    if math.isfinite(loss_sum):
+        loss.backward()
+    return loss_sum, count
 
 
 @torch.no_grad()
@@ -175,15 +214,16 @@ def _optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.optim
     return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _resume(path: str | Path | None, model: nn.Module, optimizer: torch.optim.Optimizer,
-            schedule: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, list[EpochLog]]:
+def _resume(path: str | Path | None, model: nn.Module,
+            optimizer: torch.optim.Optimizer) -> tuple[int, list[EpochLog]]:
+    """The epochs a checkpoint finished and their logs, its model and optimizer state loaded (every rank
+    reads the file). The learning rate schedule is not stored: it follows from the epochs done."""
     if path is None or not Path(path).exists():
         return 0, []
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
     except Exception as exc:  # a checkpoint of another model or run, or a damaged file
         raise ModelError(f"checkpoint {path} does not fit this run: {exc}") from None
     logs = [EpochLog(**log) for log in state["logs"]]
@@ -191,7 +231,6 @@ def _resume(path: str | Path | None, model: nn.Module, optimizer: torch.optim.Op
 
 
 def _save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     schedule: torch.optim.lr_scheduler.LRScheduler, logs: list[EpochLog]) -> None:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "schedule": schedule.state_dict(), "logs": [vars(log) for log in logs]}
+                     logs: list[EpochLog]) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "logs": [vars(log) for log in logs]}
     atomic_write(path, lambda f: torch.save(state, f))

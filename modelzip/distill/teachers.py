@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from ..data import batches
+from ..distributed import barrier, broadcast_tensor_, is_main
 from ..errors import ConfigError
 from ..layers import device_of
 from .loss import ensemble_logits
@@ -66,12 +67,23 @@ def cache_soft_logits(teachers: nn.Module | Sequence[nn.Module], dataset: Tensor
 
     In memory by default; with `path`, written batch by batch to a .npy file (atomically: under a
     temporary name, then renamed) and returned memory-mapped, so only the batches in use are in RAM.
+    Under torchrun every rank holds rank 0's targets: computed there and broadcast, or read from the
+    file rank 0 wrote (on a file system all ranks share).
     """
     device = device_of(members(teachers)[0])
-    loader = batches(dataset, batch_size, shuffle=False)
     if path is None:
-        return torch.cat([soft_logits(teachers, b[0].to(device), T).cpu() for b in loader])
+        loader = batches(dataset, batch_size, shuffle=False)
+        return broadcast_tensor_(torch.cat([soft_logits(teachers, b[0].to(device), T).cpu() for b in loader]))
     path = Path(path)
+    if is_main():
+        _write_soft_logits(teachers, dataset, T, path, batch_size, device)
+    barrier()
+    return torch.from_numpy(np.load(path, mmap_mode="c"))
+
+
+def _write_soft_logits(teachers: nn.Module | Sequence[nn.Module], dataset: TensorDataset, T: float, path: Path,
+                       batch_size: int, device: torch.device) -> None:
+    loader = batches(dataset, batch_size, shuffle=False)
     classes = soft_logits(teachers, dataset.tensors[0][:1].to(device), T).shape[1]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -86,4 +98,3 @@ def cache_soft_logits(teachers: nn.Module | Sequence[nn.Module], dataset: Tensor
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return torch.from_numpy(np.load(path, mmap_mode="c"))

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..distributed import broadcast_tensors_
 from ..errors import ConfigError
 from ..layers import Target, parametrization, per_target, targets
 
@@ -70,6 +71,7 @@ def prune_(model: nn.Module, sparsity: float | Mapping[str, float] = 0.9, *,
     found = targets(model)
     wanted = per_target(model, found, sparsity, layers)
     masks = keep_masks([score(t) for t in found], [wanted[t] for t in found], scope)
+    broadcast_tensors_(masks)  # under torchrun every rank keeps rank 0's weights, ties and all
     kept = {}
     for t, keep in zip(found, masks):
         existing = parametrization(t, Mask)

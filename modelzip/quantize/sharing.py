@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.data import TensorDataset
 
+from ..distributed import broadcast_tensors_
 from ..errors import ConfigError
 from ..layers import parametrization, per_target, targets
 from ..prune import Mask
@@ -69,6 +70,7 @@ def quantize_(model: nn.Module, bits: Mapping[str, int] | int = 5, *, layers: Ma
         centroids, assignment = kmeans_codebook(weight[keep], k, init, seed)
         codes = torch.zeros(weight.shape, dtype=torch.long)
         codes[keep] = assignment + 1
+        broadcast_tensors_([centroids, codes])  # under torchrun every rank keeps rank 0's codebook
         if parametrize.is_parametrized(t.module, t.param):
             parametrize.remove_parametrizations(t.module, t.param, leave_parametrized=True)
         parametrize.register_parametrization(t.module, t.param, SharedWeights(centroids.to(weight.dtype), codes))

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.data import TensorDataset
 
+from ..distributed import broadcast_module_
 from ..errors import ConfigError
 from ..layers import strip, targets
 from ..train import EpochLog, LossFn, TrainConfig, cross_entropy, evaluate, fit
@@ -113,6 +114,7 @@ def soft_weight_sharing(model: nn.Module, train: TensorDataset, config: SoftShar
     retrained = _flat(tensors())
     accuracy = evaluate(model, test) if test is not None else None
     merged = merge_components(prior.cpu(), config.merge_kl).to(device)
+    broadcast_module_(merged)  # under torchrun every rank snaps to rank 0's means
     if config.finetune is None or merged.components == 1:  # (nothing to snap to when all merged into zero)
         codes = quantize_to_means_(tensors(), merged)
     else:  # the weights keep their retrained values underneath: snapping decides afresh at every step
