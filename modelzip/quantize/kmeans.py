@@ -57,7 +57,10 @@ def kmeans_codebook(weights: torch.Tensor, k: int, init: Init | str = Init.LINEA
 
 def nearest(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Index of each value's nearest sorted centroid (a tie at a midpoint goes to the upper one)."""
-    return np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values, side="right")
+    midpoints = (centroids[1:] + centroids[:-1]) / 2
+    if values.dtype.kind == "f":  # in the values' own dtype, or numpy converts every value to float64
+        midpoints = midpoints.astype(values.dtype)
+    return np.searchsorted(midpoints, values, side="right")
 
 
 def lloyd_1d(values: np.ndarray, k: int, weights: np.ndarray | None = None, *, init: Init | str = Init.LINEAR,
@@ -79,16 +82,16 @@ def lloyd_1d(values: np.ndarray, k: int, weights: np.ndarray | None = None, *, i
         order = np.argsort(x, kind="stable")
         x = x[order]
         w = np.asarray(weights, dtype=np.float64).reshape(-1)[order]
-    sums = _prefix_sums(x, w)
+    sums = _Sums(x, w)
     centroids = _start(x, k, init, seed)
     k = centroids.size
     for _ in range(iterations):
         # midpoints in the values' dtype: searching float64 keys would convert all of x each time
         edges = np.searchsorted(x, ((centroids[1:] + centroids[:-1]) / 2).astype(x.dtype))
         lo, hi = np.concatenate([[0], edges]), np.concatenate([edges, [x.size]])
-        mass, moment, _ = (s[hi] - s[lo] for s in sums)
+        mass = sums.mass(lo, hi)
         filled = mass > 0
-        lo, hi, new = lo[filled], hi[filled], moment[filled] / mass[filled]
+        lo, hi, new = lo[filled], hi[filled], sums.moment(lo, hi)[filled] / mass[filled]
         while new.size < k:  # an emptied cluster: bisect the one of largest error instead
             lo, hi, new = _bisect_worst(x, sums, lo, hi, new)
         if np.array_equal(new, centroids):
@@ -97,24 +100,42 @@ def lloyd_1d(values: np.ndarray, k: int, weights: np.ndarray | None = None, *, i
     return centroids
 
 
-def _prefix_sums(x: np.ndarray, w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Prefix sums of w, w x and w x^2 over the sorted values (w = 1 if None), from 0: each (n+1,)."""
-    x = x.astype(np.float64)
-    terms = (np.ones_like(x), x, x * x) if w is None else (w, w * x, w * x * x)
-    return tuple(np.concatenate([[0.0], np.cumsum(t)]) for t in terms)
+class _Sums:
+    """Prefix sums of w, w x and (only if asked) w x^2 over the sorted values, w = 1 if None, so the
+    mass, first and second moments of any run [lo, hi) are differences."""
+
+    def __init__(self, x: np.ndarray, w: np.ndarray | None) -> None:
+        self.x, self.w = x, w
+        self.moments = np.zeros(x.size + 1)
+        self.moments[1:] = x if w is None else w * x
+        np.cumsum(self.moments, out=self.moments)  # in place: converting inside cumsum is 2x slower
+        self.masses = None if w is None else np.concatenate([[0.0], np.cumsum(w)])
+        self.squares: np.ndarray | None = None
+
+    def mass(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        return (hi - lo).astype(np.float64) if self.masses is None else self.masses[hi] - self.masses[lo]
+
+    def moment(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        return self.moments[hi] - self.moments[lo]
+
+    def error(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Within-run squared error of each run (the x^2 sums are built the first time)."""
+        if self.squares is None:
+            x = self.x.astype(np.float64)
+            self.squares = np.concatenate([[0.0], np.cumsum(x * x if self.w is None else self.w * x * x)])
+        return self.squares[hi] - self.squares[lo] - self.moment(lo, hi) ** 2 / self.mass(lo, hi)
 
 
-def _bisect_worst(x: np.ndarray, sums: tuple[np.ndarray, ...], lo: np.ndarray, hi: np.ndarray,
+def _bisect_worst(x: np.ndarray, sums: _Sums, lo: np.ndarray, hi: np.ndarray,
                   means: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split the run of largest squared error at its mean into two runs (each keeps >= 1 value:
     a run with error holds two distinct values, and its mean lies strictly between them)."""
-    mass, moment, square = (s[hi] - s[lo] for s in sums)
-    worst = int(np.argmax(square - moment ** 2 / mass))
+    worst = int(np.argmax(sums.error(lo, hi)))
     a, b = int(lo[worst]), int(hi[worst])
     cut = a + int(np.searchsorted(x[a:b], means[worst]))
-    mass, moment = (np.array([s[cut] - s[a], s[b] - s[cut]]) for s in sums[:2])
+    halves = np.array([a, cut]), np.array([cut, b])
     return (np.insert(lo, worst + 1, cut), np.insert(hi, worst, cut),
-            np.concatenate([means[:worst], moment / mass, means[worst + 1:]]))
+            np.concatenate([means[:worst], sums.moment(*halves) / sums.mass(*halves), means[worst + 1:]]))
 
 
 def _start(ordered: np.ndarray, k: int, init: Init | str, seed: int) -> np.ndarray:
