@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from rich.console import Console
@@ -30,11 +34,71 @@ DATA_HELP = "data set: mnist5k (built in, default), digits, mnist:DIR, idx:DIR; 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        for option in OUTPUTS:  # before any work: an unwritable output would waste all of it
+            if getattr(args, option, None) is not None:
+                check_output(getattr(args, option), f"--{option.replace('_', '-')}")
         with distributed.launched():  # under torchrun: one process group, training shared, rank 0 writes
             return args.run(args)
     except ModelzipError as exc:
-        print(f"modelzip: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
+    except OSError as exc:  # the file system refused: a missing input, a full disk, a vanished folder
+        return _fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))
+
+
+OUTPUTS = ("out", "report", "plots", "out_dir")  # the options that name files or folders a command writes
+
+
+def _fail(message: str) -> int:
+    print(f"modelzip: error: {message.splitlines()[0] if message else 'failed'}", file=sys.stderr)
+    return 2
+
+
+def check_output(path: str | Path, option: str) -> None:
+    """Refuse an output path that cannot be written, by creating (and removing) a file where it will go.
+
+    Checked before any work starts; the folders that do not exist yet are not created here.
+    """
+    path = Path(path)
+    folder = option in ("--out-dir", "--plots")
+    if not folder and path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory; give a file name")
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file; give a folder")
+    parent = path if folder else path.parent
+    while not parent.exists():  # the folders atomic_write will create: the first existing one must take them
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {path}: {parent} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".modelzip-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot write in {parent}: {exc.strerror}") from None
+
+
+def _number(kind: type, low: float | None = None, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite `kind` (int or float) >= low (> low with `above`)."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if low is not None and (value <= low if above else value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if above else '>='} {low:g}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (no usage block), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -182,8 +246,6 @@ def _profile(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .export import argmax_agreement, export_onnx  # onnx and onnxruntime load only when exporting
 
-    if args.calibration < 1:
-        raise ConfigError(f"--calibration needs at least 1 example, got {args.calibration}")
     data = load_data(args.data)
     _check_input_shape(args.file, data)
     model = io.load(args.file, allow_import=args.allow_import)
@@ -211,7 +273,7 @@ def _input_shape(model: torch.nn.Module, path: str) -> tuple[int, ...]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modelzip", description="Make neural networks small: prune, "
+    parser = _Parser(prog="modelzip", description="Make neural networks small: prune, "
                                      "quantize, Huffman-code and distill PyTorch models into .mzip files.")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -237,7 +299,7 @@ def _parser() -> argparse.ArgumentParser:
                       "metric is the output cosine against the original on it")
     comp.add_argument("--report", help="write the JSON report here")
     comp.add_argument("--plots", help="folder for the soft weight-sharing pictures (default: beside --out)")
-    comp.add_argument("--seed", type=int, default=0)
+    comp.add_argument("--seed", type=_number(int, 0), default=0)
     comp.set_defaults(run=_compress)
 
     dist = commands.add_parser("distill", help="train a student on the soft targets of one or more teachers")
@@ -246,27 +308,27 @@ def _parser() -> argparse.ArgumentParser:
     dist.add_argument("--student", required=True, help="student model name, e.g. mlp-800-800 or mlp-30-30")
     dist.add_argument("--activation", default="relu", help="the student's activation: relu or lma")
     dist.add_argument("--data", default="mnist5k", help=DATA_HELP)
-    dist.add_argument("--temperature", type=float, default=20.0)
-    dist.add_argument("--alpha", type=float, default=0.9, help="weight of the soft loss (1 - alpha: hard labels)")
-    dist.add_argument("--jitter", type=int, default=0,
+    dist.add_argument("--temperature", type=_number(float, 0, above=True), default=20.0)
+    dist.add_argument("--alpha", type=_number(float, 0), default=0.9, help="weight of the soft loss (1 - alpha: hard labels)")
+    dist.add_argument("--jitter", type=_number(int, 0), default=0,
                       help="shift inputs by up to this many pixels (the teachers then run online)")
-    dist.add_argument("--omit", type=int, nargs="*", default=[],
+    dist.add_argument("--omit", type=_number(int, 0), nargs="*", default=[],
                       help="leave these classes out of the transfer set, then raise their output bias")
-    dist.add_argument("--bias-offset", type=float,
+    dist.add_argument("--bias-offset", type=_number(float),
                       help="with --omit: the bias offset (default: searched on 1/12 of the training data held out)")
-    dist.add_argument("--epochs", type=int, default=20)
-    dist.add_argument("--min-steps", type=int, default=3000, help="at least this many optimizer steps")
-    dist.add_argument("--lr", type=float, default=1e-3)
-    dist.add_argument("--seed", type=int, default=0)
+    dist.add_argument("--epochs", type=_number(int, 0), default=20)
+    dist.add_argument("--min-steps", type=_number(int, 0), default=3000, help="at least this many optimizer steps")
+    dist.add_argument("--lr", type=_number(float, 0, above=True), default=1e-3)
+    dist.add_argument("--seed", type=_number(int, 0), default=0)
     dist.add_argument("--out", required=True, help="the student's state_dict (.pt) to write")
     dist.set_defaults(run=_distill)
 
     train = commands.add_parser("train", help="train a model and save its state_dict (input for compress)")
     train.add_argument("--model", required=True)
     train.add_argument("--data", default="mnist5k", help=DATA_HELP)
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--epochs", type=_number(int, 0), default=10)
+    train.add_argument("--lr", type=_number(float, 0, above=True), default=1e-3)
+    train.add_argument("--seed", type=_number(int, 0), default=0)
     train.add_argument("--out", required=True, help="the .pt file to write")
     train.set_defaults(run=_train)
 
@@ -276,7 +338,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--allow-import", action="store_true", help="allow importing the user code the file names")
     ev.add_argument("--int8", action="store_true", help="also run it on int8 kernels (weights and activations): "
                     "accuracy and CPU latency against float")
-    ev.add_argument("--calibration", type=int, default=256, metavar="N",
+    ev.add_argument("--calibration", type=_number(int, 1), default=256, metavar="N",
                     help="with --int8: training examples that set the activation ranges")
     ev.add_argument("--sparse", action="store_true", help="run pruned layers on sparse (CSR) kernels where "
                     "measured faster (modelzip.load(..., sparse=True))")
@@ -290,8 +352,8 @@ def _parser() -> argparse.ArgumentParser:
     prof = commands.add_parser("profile", help="parameters, FLOPs, bytes and CPU latency per layer of one .mzip "
                                "file, or of two side by side (before -> after)")
     prof.add_argument("files", nargs="+", metavar="FILE", help="one .mzip file, or two to compare")
-    prof.add_argument("--input-shape", type=int, nargs="+", help="C H W of one input (default: from the file)")
-    prof.add_argument("--repeats", type=int, default=30, help="timed forward passes per batch size")
+    prof.add_argument("--input-shape", type=_number(int, 1), nargs="+", help="C H W of one input (default: from the file)")
+    prof.add_argument("--repeats", type=_number(int, 1), default=30, help="timed forward passes per batch size")
     prof.add_argument("--json", action="store_true", help="print the profile (or comparison) as JSON")
     prof.add_argument("--allow-import", action="store_true", help="allow importing the user code the file names")
     prof.set_defaults(run=_profile)
@@ -302,7 +364,7 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("out", help="the .onnx file to write")
     exp.add_argument("--qdq", action="store_true", help="quantize weights and activations to int8 (QDQ format)")
     exp.add_argument("--data", default="mnist5k", help=DATA_HELP)
-    exp.add_argument("--calibration", type=int, default=256, metavar="N",
+    exp.add_argument("--calibration", type=_number(int, 1), default=256, metavar="N",
                      help="with --qdq: training examples that set the activation ranges")
     exp.add_argument("--allow-import", action="store_true", help="allow importing the user code the file names")
     exp.set_defaults(run=_export)

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -129,3 +131,69 @@ def test_int8_recipe_then_eval_on_int8_kernels(tmp_path, capsys):
     accuracies = [float(line.split("accuracy ")[1].split("%")[0]) for line in shown.splitlines() if "accuracy" in line]
     assert len(accuracies) == 2 and abs(accuracies[0] - accuracies[1]) < 2.0  # int8 kernels keep the accuracy
     assert "batch 1" in shown and "batch 64" in shown
+
+
+def one_line_failure(argv: list[str], capsys) -> str:
+    """Run a command that must fail: exit 2 (from argparse or main) and one line on stderr."""
+    try:
+        code = main(argv)
+    except SystemExit as exit:
+        code = exit.code
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1, error
+    return error
+
+
+def test_outputs_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    existing = tmp_path / "old.mzip"
+    existing.write_bytes(b"keep me")
+    compress = ["compress", "--model", "lenet-300-100", "--data", "digits", "--recipe", "int8", "--pretrained"]
+    monkeypatch.setattr("modelzip.cli.load_data", lambda *a, **k: pytest.fail("work started"))
+    assert "is a directory" in one_line_failure([*compress, "--out", str(tmp_path)], capsys)
+    assert "cannot write in /proc" in one_line_failure([*compress, "--out", "/proc/x.mzip"], capsys)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert "is not a folder" in one_line_failure([*compress, "--out", str(blocker / "a" / "m.mzip")], capsys)
+    assert "is a file; give a folder" in one_line_failure(["demo", "--out-dir", str(blocker)], capsys)
+    assert "is a directory" in one_line_failure([*compress, "--out", str(existing), "--report", str(tmp_path)], capsys)
+    assert existing.read_bytes() == b"keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["file", "old.mzip"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", "--model", "m", "--out", "x.pt", "--lr", "nan"], "argument --lr: expected a finite number, got 'nan'"),
+    (["train", "--model", "m", "--out", "x.pt", "--lr", "0"], "argument --lr: must be > 0, got 0"),
+    (["distill", "--teacher", "a", "--teacher-weights", "a", "--student", "s", "--out", "x", "--temperature", "inf"],
+     "argument --temperature: expected a finite number"),
+    (["profile", "f.mzip", "--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+    (["compress", "--model", "m", "--out", "x.mzip", "--seed", "1.5"], "argument --seed: expected an integer, got '1.5'"),
+])
+def test_bad_numbers_are_one_line_errors(argv, message, capsys):
+    assert message in one_line_failure(argv, capsys)
+
+
+def test_missing_inputs_and_bad_recipes_are_one_line_errors(tmp_path, capsys):
+    assert "No such file or directory" in one_line_failure(["inspect", str(tmp_path / "none.mzip")], capsys)
+    assert "Is a directory" in one_line_failure(["inspect", str(tmp_path)], capsys)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 5000 + "]" * 5000)
+    out = str(tmp_path / "m.mzip")
+    compress = ["compress", "--model", "lenet-300-100", "--data", "digits", "--out", out, "--recipe"]
+    assert "nests too deeply" in one_line_failure([*compress, str(deep)], capsys)
+    negative = tmp_path / "negative.yaml"
+    negative.write_text("prune: {sparsity: -0.5}\n")
+    assert "prune.sparsity must be in [0, 1) (a fraction of weights removed), got -0.5" in one_line_failure(
+        [*compress, str(negative)], capsys)
+    layer = tmp_path / "layer.yaml"
+    layer.write_text("prune: {layers: {fc3: 1.5}}\n")
+    assert "prune.layers.fc3 must be in [0, 1)" in one_line_failure([*compress, str(layer)], capsys)
+
+
+def test_a_failed_write_after_the_work_is_one_line(tmp_path):
+    """A full disk (here: a file-size limit) fails the final write: one line, exit 2, no temporary left."""
+    script = ("import resource, sys; from modelzip.cli import main; "
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000)); "
+              f"sys.exit(main(['compress', '--model', 'lenet-300-100', '--data', 'digits', '--recipe', 'int8', "
+              f"'--pretrained', '--out', {str(tmp_path / 'm.mzip')!r}]))")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "File too large" in run.stderr, run.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -131,5 +131,8 @@ def test_cli_export(trained_lenet, digits, tmp_path, capsys):
     shown = capsys.readouterr().out
     assert f"{out.stat().st_size:,} bytes (int8 QDQ)" in shown
     assert float(re.search(r"on ([0-9.]+)% of", shown)[1]) > 95
-    assert main(["export", str(mzip), str(tmp_path / "x.onnx"), "--data", "digits", "--qdq", "--calibration", "0"]) == 2
-    assert "--calibration needs at least 1" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
+    with pytest.raises(SystemExit) as exit:
+        main(["export", str(mzip), str(tmp_path / "x.onnx"), "--data", "digits", "--qdq", "--calibration", "0"])
+    error = capsys.readouterr().err
+    assert exit.value.code == 2 and error.count("\n") == 1 and "argument --calibration: must be >= 1, got 0" in error
+    assert not (tmp_path / "x.onnx").exists()

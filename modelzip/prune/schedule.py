@@ -44,6 +44,12 @@ class PruneConfig:
     sensitivity_examples: int = 5000
 
     def __post_init__(self) -> None:
+        for key, values in (("sparsity", self.sparsity), ("layers", self.layers or {})):
+            named = values.items() if isinstance(values, Mapping) else [(None, values)]
+            for name, value in named:
+                if not 0 <= value < 1:  # NaN fails too
+                    where = f"prune.{key}" + (f".{name}" if name is not None else "")
+                    raise ConfigError(f"{where} must be in [0, 1) (a fraction of weights removed), got {value!r}")
         if self.steps < 1:
             raise ConfigError(f"prune.steps must be >= 1, got {self.steps}")
         if self.hessian_examples < 1:

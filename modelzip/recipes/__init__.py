@@ -81,6 +81,8 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         raise ConfigError(f"cannot read recipe {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from None
+    except RecursionError:  # the parser recurses per nesting level; no recipe nests more than a few
+        raise ConfigError(f"recipe {path} nests too deeply to be a recipe") from None
     return from_mapping(Recipe, data or {}, str(path))
 
 
