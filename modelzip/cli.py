@@ -15,10 +15,11 @@ import torch
 from rich.console import Console
 
 from . import distributed, io
+from .codec.container import PREAMBLE
 from .atomic import atomic_write
 from .data import DataBundle, load_data, sample, split
 from .distill import DistillConfig, adjust_bias_, distill, search_bias_offset, without_classes
-from .errors import ConfigError, ModelzipError
+from .errors import ConfigError, FormatError, ModelzipError
 from .data.text import read_lines, text_batches
 from .models import arch_label, build, input_shape_of
 from .models.hf import HF_PREFIX, hf_tokenizer
@@ -210,6 +211,13 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     header = io.header(args.file)
+    with open(args.file, "rb") as file:  # the sections are not decoded, but they must all be there
+        declared = PREAMBLE.size + PREAMBLE.unpack(file.read(PREAMBLE.size))[2]
+    declared += sum(section["length"] for section in header["sections"])
+    found = Path(args.file).stat().st_size
+    if found != declared:
+        what = "ends early" if found < declared else "has trailing bytes"
+        raise FormatError(f"{args.file} {what}: the header declares {declared:,} bytes, the file holds {found:,}")
     if args.json:
         print(json.dumps(header, indent=2))
         return 0

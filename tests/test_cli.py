@@ -5,6 +5,8 @@ import sys
 import pytest
 import torch
 
+import modelzip
+
 from modelzip.cli import main
 
 TINY = """name: tiny
@@ -197,3 +199,12 @@ def test_a_failed_write_after_the_work_is_one_line(tmp_path):
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "File too large" in run.stderr, run.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_inspect_refuses_a_truncated_file(tmp_path, capsys):
+    good = tmp_path / "m.mzip"
+    modelzip.save(modelzip.build("lenet-300-100"), good)
+    cut = tmp_path / "cut.mzip"
+    cut.write_bytes(good.read_bytes()[:-100])
+    assert "ends early: the header declares" in one_line_failure(["inspect", str(cut)], capsys)
+    assert main(["inspect", str(good)]) == 0
