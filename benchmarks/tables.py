@@ -23,6 +23,8 @@ def main() -> None:
     quantization()
     print()
     real_models()
+    print()
+    scale()
 
 
 def deep_compression() -> None:
@@ -273,10 +275,6 @@ def quantization() -> None:
     print(f"| QDQ int8 | {o['qdq_bytes']:,} B | {100 * o['argmax_agreement']:.2f}% | {100 * o['accuracy_qdq']:.2f}% "
           f"| **{o['latency_ratio_b1']:.2f}x / {o['latency_ratio_b64']:.2f}x** |")
 
-if __name__ == "__main__":
-    main()
-
-
 def real_models() -> None:
     results = json.loads((RESULTS / "real_models.json").read_text())
     for name, entry in results.items():
@@ -298,3 +296,32 @@ def real_models() -> None:
               f"pkg.mod:fn --pretrained --recipe int8`: its own accuracy {100 * own['own_accuracy']:.2f}%, the "
               f"report's accuracy before {100 * own['accuracy_before']:.2f}%, after {100 * own['accuracy_after']:.2f}% "
               f"({own['compression_ratio']:.2f}x).")
+
+
+def scale() -> None:
+    r = json.loads((RESULTS / "scale.json").read_text())
+    print("| MLP weights | .mzip | prune | 5-bit k-means | save / torch.save | load / torch.load "
+          "| save peak extra RSS / fp32 |")
+    print("|---|---|---|---|---|---|---|")
+    for e in r["sizes"]:
+        print(f"| {e['params'] / 1e6:.2f}M | {e['file_bytes']:,} B | {e['prune_s']:.2f} s | {e['kmeans_s']:.2f} s "
+              f"| {e['save_s']:.3f} s / {e['torch_save_s']:.3f} s (**{e['save_s'] / e['torch_save_s']:.1f}x**) "
+              f"| {e['load_s']:.3f} s / {e['torch_load_s']:.3f} s (**{e['load_s'] / e['torch_load_s']:.1f}x**) "
+              f"| {e['save_extra_rss_bytes'] / e['fp32_bytes']:.2f}x |")
+    g = r["growth_exponents"]
+    print("\nGrowth exponents, 2.5M to 40M (1.0 = linear): " + ", ".join(f"{k} {v:.2f}" for k, v in g.items()) + ".")
+    k = r["kmeans_10m"]
+    print(f"\nk-means on one 10M-weight layer, 32 centroids: {k['seconds']:.2f} s, within-cluster error "
+          f"{k['sse_over_optimum']:.7f}x the exact optimum (kmeans1d's dynamic program: {k['optimum_seconds']:.0f} s).")
+    sp = r["sparse"]
+    print(f"\nSparse execution (`load(..., sparse=True)`), whole-model speedup over dense, one thread: 10M MLP at 92% "
+          f"{sp['mlp10m_p92_b1']:.1f}x (batch 1) / {sp['mlp10m_p92_b64']:.1f}x (batch 64), at 97% "
+          f"{sp['mlp10m_p97_b1']:.1f}x / {sp['mlp10m_p97_b64']:.1f}x; LeNet-300-100 {sp['lenet_b1']:.2f}x / "
+          f"{sp['lenet_b64']:.2f}x; outputs within {sp['max_rel_diff']:.0e} of dense.")
+    d = r["ddp"]
+    print(f"\nTwo processes (`torchrun --nproc_per_node 2`, gloo): accuracy {100 * d['accuracy_2']:.2f}% vs "
+          f"{100 * d['accuracy_1']:.2f}% in one, wall time {d['wall_ratio']:.2f}x.")
+
+
+if __name__ == "__main__":
+    main()
