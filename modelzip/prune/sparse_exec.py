@@ -83,6 +83,19 @@ class SparseLayer(nn.Module):
         """The weight as the dense layer held it (zeros included), in its original shape."""
         return self.weight_csr.to_dense().reshape(self.weight_shape)
 
+    def empty_dense(self) -> nn.Module:
+        """The dense layer of the same configuration, weights not yet set."""
+        raise NotImplementedError
+
+    def to_dense(self) -> nn.Module:
+        """The equivalent dense layer (trainable again)."""
+        dense = self.empty_dense()
+        with torch.no_grad():
+            dense.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return dense
+
     @property
     def sparsity(self) -> float:
         """Fraction of the weight's entries that are zero (not stored)."""
@@ -107,15 +120,9 @@ class SparseLinear(SparseLayer):
             y = csr_matmul(self.weight_csr, self.bias, x.reshape(-1, self.in_features).T).T.contiguous()  # (batch, out)
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def to_dense(self) -> nn.Linear:
-        """The equivalent nn.Linear (trainable again)."""
-        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                          device=self.weight_csr.device, dtype=self.weight_csr.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+    def empty_dense(self) -> nn.Linear:
+        return nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                         device=self.weight_csr.device, dtype=self.weight_csr.dtype)
 
 
 class SparseConv1x1(SparseLayer):
@@ -133,15 +140,9 @@ class SparseConv1x1(SparseLayer):
         y = y.reshape(self.out_channels, n, h, w).transpose(0, 1).contiguous()
         return y if x.dim() == 4 else y[0]
 
-    def to_dense(self) -> nn.Conv2d:
-        """The equivalent nn.Conv2d (trainable again)."""
-        dense = nn.Conv2d(self.in_channels, self.out_channels, 1, bias=self.bias is not None,
-                          device=self.weight_csr.device, dtype=self.weight_csr.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+    def empty_dense(self) -> nn.Conv2d:
+        return nn.Conv2d(self.in_channels, self.out_channels, 1, bias=self.bias is not None,
+                         device=self.weight_csr.device, dtype=self.weight_csr.dtype)
 
 
 def sparsify_(model: nn.Module, *, threshold: float = 0.5, batch_sizes: Sequence[int] = (1, 64),
