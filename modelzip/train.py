@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from . import distributed
@@ -100,7 +101,8 @@ def fit(model: nn.Module, train: Data, config: TrainConfig = TrainConfig(), *,
     and a later call with the same path resumes after the last finished epoch.
 
     Under `torchrun` (a process group, see `modelzip.distributed`) each rank trains on every
-    world_size-th batch and the gradients are averaged, not wrapped in DistributedDataParallel, so
+    world_size-th batch (of a TensorDataset, batches of batch_size / world_size: one step of all ranks
+    covers the batch one process would take) and the gradients are averaged, not wrapped in DistributedDataParallel, so
     `loss_fn` and `param_groups` work unchanged. The model comes from rank 0 at the start and after each
     epoch; only rank 0 prints and writes the checkpoint, which any number of ranks can resume from.
     """
@@ -108,12 +110,17 @@ def fit(model: nn.Module, train: Data, config: TrainConfig = TrainConfig(), *,
     distributed.warn_if_unjoined()
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     optimizer = _optimizer(groups, config)
-    per_epoch = batch_count(train, config.batch_size)
+    # A TensorDataset is cut here: under torchrun each rank takes its share of every batch, so the ranks
+    # together take the steps of one process on the same global batches (same schedule, same accuracy).
+    # A user's own batches cannot be cut: they are dealt out whole, world_size of them to a step.
+    cut = isinstance(train, TensorDataset) and distributed.is_distributed()
+    batch_size = -(-config.batch_size // distributed.world_size()) if cut else config.batch_size
+    per_epoch = batch_count(train, batch_size)
     if per_epoch == 0:
         raise ConfigError("the training data holds no batches")
-    epochs = max(config.epochs, -(-config.min_steps // per_epoch))
     synced = distributed.is_distributed()
     per_rank = -(-per_epoch // distributed.world_size())  # each rank's steps per epoch
+    epochs = max(config.epochs, -(-config.min_steps // per_rank))
     steps = max(1, epochs * per_rank)
     start, logs = _resume(checkpoint, model, optimizer)
     done = start * per_rank  # the schedule follows the epochs done, whatever the world size that did them
@@ -130,7 +137,7 @@ def fit(model: nn.Module, train: Data, config: TrainConfig = TrainConfig(), *,
     for epoch in range(start, epochs):
         model.train()
         began, total, seen = time.perf_counter(), 0.0, 0
-        loader = iterate(train, config.batch_size, shuffle=True, seed=config.seed + epoch)
+        loader = iterate(train, batch_size, shuffle=True, seed=config.seed + epoch)
         if synced:  # the same seeded order on every rank, each taking every world_size-th batch
             loader = distributed.shard(loader, per_rank)
         for batch in tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", leave=False,

@@ -6,6 +6,7 @@ ended with, and the parent compares the ranks and resumes the two ranks' checkpo
 import json
 import os
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -57,11 +58,18 @@ def _rank(rank: int, ports: tuple[int, int], tmp: Path) -> None:
         kept["linear"], kept["linear_loss"] = linear.state_dict(), logs[0].loss
 
         torch.manual_seed(rank)
+        cut = nn.Linear(4, 3)
+        fit(cut, TensorDataset(*three_batches()[0]), replace(SGD, batch_size=4, epochs=2))  # 2 + 2 a step
+        kept["cut"] = cut.state_dict()
+
+        torch.manual_seed(rank)
         net, calls = batch_norm_net(), []
 
         def crash_in_epoch_3(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
-            calls.append(1)  # 12 batches: 6 a rank per epoch, so both ranks crash at the same step
-            if len(calls) > 2 * 6:
+            # 1,437 examples in 23 batches of 64 (half of 128): 12 an epoch for rank 0, 11 for rank 1 (which
+            # pads its 12th step), so both ranks crash at the first step of epoch 3
+            calls.append(1)
+            if len(calls) > 2 * (12 - rank):
                 raise KeyboardInterrupt
             return cross_entropy(model, batch)
 
@@ -124,10 +132,20 @@ def test_gradients_are_averaged_over_the_ranks_batches(ranks):
     assert all(torch.allclose(v, zero["linear"][k], atol=1e-6) for k, v in alone.state_dict().items())
 
 
+def test_a_tensor_dataset_is_cut_so_two_ranks_train_as_one_process(ranks):
+    """Each rank takes half of every batch: the same steps on the same global batches as one process."""
+    _, (zero, one) = ranks
+    torch.manual_seed(0)
+    alone = nn.Linear(4, 3)
+    fit(alone, TensorDataset(*three_batches()[0]), replace(SGD, batch_size=4, epochs=2))
+    assert identical(zero["cut"], one["cut"])
+    assert all(torch.allclose(v, zero["cut"][k], atol=1e-6) for k, v in alone.state_dict().items())
+
+
 def test_parameters_and_batch_norm_statistics_agree(ranks):
     _, (zero, one) = ranks
     assert identical(zero["batch_norm"], one["batch_norm"])
-    assert zero["batch_norm"]["2.num_batches_tracked"] == 2 * 6  # rank 0's count: 6 steps an epoch
+    assert zero["batch_norm"]["2.num_batches_tracked"] == 2 * 12  # rank 0's count: 12 steps an epoch
 
 
 def test_masks_and_codebooks_are_rank_0s(ranks):
