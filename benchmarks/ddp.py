@@ -8,7 +8,7 @@ and retrain, trained k-means, seed 0) once as one process and once under
 `torchrun --nproc_per_node 2`, and returns:
 - processes: 2;
 - accuracy_1, accuracy_2: test accuracy of the decoded .mzip of each run (the report's accuracy_after);
-  two ranks train the same epochs with two batches per step, so half the steps at twice the batch;
+  each rank takes half of every batch, so two ranks take the steps one process takes on the same batches;
 - wall_ratio: wall-clock time of the two-process run / the one-process run, each from the command's
   start to its end (interpreter start and imports included). Every process runs one thread
   (OMP_NUM_THREADS=1, what torchrun gives each rank), so two processes use two cores where one uses one.

@@ -1,7 +1,8 @@
 """Training on several processes (`torchrun`): one process group, who is who, and identical copies.
 
-Every rank runs the same program on the same data. `fit` gives each rank every world_size-th batch
-and averages the gradients, so each optimizer step sees world_size batches at once. Whatever a stage
+Every rank runs the same program on the same data. `fit` gives each rank its share of every batch
+(of a user's own batches, every world_size-th one) and averages the gradients, so each optimizer step
+sees the global batch. Whatever a stage
 derives from the weights (masks, codebooks, priors, teacher targets) comes out the same on every rank
 from identical weights, and is broadcast from rank 0 anyway where that is cheap: a different thread
 count or library build on one rank then cannot make the copies drift apart. Only rank 0 writes files.
