@@ -26,7 +26,7 @@ from .models.hf import HF_PREFIX, hf_tokenizer
 from .pipeline import compress
 from .prune.sparse_exec import SparseLayer
 from .recipes import built_in, load_recipe
-from .report import print_report, write_report
+from .report import print_report
 from .train import TrainConfig, evaluate, fit
 
 DATA_HELP = "data set: mnist5k (built in, default), digits, mnist:DIR, idx:DIR; '@N' keeps N training examples"
@@ -107,9 +107,9 @@ def _demo(args: argparse.Namespace) -> int:
     data = load_data(args.data)
     model = build("lenet-300-100", data.input_shape, data.num_classes)
     out = Path(args.out_dir)
-    result = compress(model, data, "deep-compression", pretrained=False, out=out / "lenet-300-100.mzip")
+    result = compress(model, data, "deep-compression", pretrained=False, out=out / "lenet-300-100.mzip",
+                      report_out=out / "lenet-300-100.json")
     if distributed.is_main():
-        write_report(result.report, out / "lenet-300-100.json")
         print_report(result.report)
         print(f"wrote {out / 'lenet-300-100.mzip'} and {out / 'lenet-300-100.json'}")
     return 0
@@ -118,21 +118,21 @@ def _demo(args: argparse.Namespace) -> int:
 def _compress(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     recipe = load_recipe(args.recipe)
+    outputs = {"out": args.out, "report_out": args.report, "keep_run_dir": args.keep_run,
+               "run_dir": None if args.resume is None else args.resume or f"{args.out}.run"}
     if args.model.startswith(HF_PREFIX):  # a pretrained folder; its inputs are the lines of --calibration
         if args.calibration is None:
             raise ConfigError("an hf: model is calibrated on text: give --calibration FILE (one input per line)")
         model = build(args.model, weights=args.weights)
         batches = text_batches(read_lines(args.calibration), hf_tokenizer(args.model[len(HF_PREFIX):]))
-        result = compress(model, batches, recipe, out=args.out)
+        result = compress(model, batches, recipe, **outputs)
     else:
         data = load_data(args.data, seed=args.seed)
         model = build(args.model, data.input_shape, data.num_classes, weights=args.weights)
         pretrained = args.pretrained or args.weights is not None
-        result = compress(model, data, recipe, pretrained=pretrained, out=args.out)
+        result = compress(model, data, recipe, pretrained=pretrained, **outputs)
     if not distributed.is_main():  # the other ranks of a torchrun trained along; rank 0 writes and prints
         return 0
-    if args.report:
-        write_report(result.report, args.report)
     print_report(result.report)
     if result.soft_sharing is not None:
         from .soft_sharing.plots import write_plots  # matplotlib loads only when there is something to draw
@@ -307,6 +307,10 @@ def _parser() -> argparse.ArgumentParser:
                       "metric is the output cosine against the original on it")
     comp.add_argument("--report", help="write the JSON report here")
     comp.add_argument("--plots", help="folder for the soft weight-sharing pictures (default: beside --out)")
+    comp.add_argument("--resume", nargs="?", const="", metavar="DIR", help="checkpoint every epoch and stage in "
+                      "DIR (default: OUT.run beside --out) and continue there a run that was killed; the same command "
+                      "again resumes it, to the same bytes. DIR is removed on success")
+    comp.add_argument("--keep-run", action="store_true", help="with --resume: keep the run folder after success")
     comp.add_argument("--seed", type=_number(int, 0), default=0)
     comp.set_defaults(run=_compress)
 

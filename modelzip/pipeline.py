@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .atomic import atomic_write
+from .atomic import atomic_write, remove_temporaries
 from .data import DataBundle
 from .data.feed import Data, call, first, inputs_of, output_tensor
 from .distributed import broadcast_module_, is_main
@@ -32,11 +32,12 @@ from .profile import compare, profile
 from .prune import iterative_prune
 from .quantize import trained_quantization, uniform_quantization
 from .recipes import Recipe, load_recipe
-from .report import build_report
+from .report import build_report, write_report
+from .resume import close_run, fingerprint, open_run
 from .second_order import Method, second_order_
 from .soft_sharing import SoftSharing, soft_weight_sharing
 from .structured import network_slimming
-from .train import LossFn, cross_entropy, fit
+from .train import LossFn, checkpoint_in, cross_entropy, fit
 
 
 @dataclass
@@ -50,10 +51,12 @@ class Compressed:
 
 
 def compress(model: nn.Module, data: DataBundle | Data | None = None, recipe: Recipe | str = "deep-compression", *,
-             pretrained: bool = True, out: str | Path | None = None, loss_fn: LossFn | None = None,
-             metric: Metric | None = None, metric_name: str | None = None,
-             calibration: Data | None = None) -> Compressed:
-    """Compress a copy of `model` with `recipe` on `data`; optionally write the .mzip file to `out`.
+             pretrained: bool = True, out: str | Path | None = None, report_out: str | Path | None = None,
+             loss_fn: LossFn | None = None, metric: Metric | None = None, metric_name: str | None = None,
+             calibration: Data | None = None, run_dir: str | Path | None = None,
+             keep_run_dir: bool = False) -> Compressed:
+    """Compress a copy of `model` with `recipe` on `data`; optionally write the .mzip file to `out` and the
+    JSON report to `report_out`.
 
     `data`: a DataBundle (its train split trains, its test split scores accuracy), or the training
     batches themselves (a DataLoader or list of tensors, tuples or dicts), or None for post-training
@@ -74,11 +77,23 @@ def compress(model: nn.Module, data: DataBundle | Data | None = None, recipe: Re
     report's `structure` then compares parameters, FLOPs and CPU latency per layer of the given and
     the decoded network.
 
+    With `run_dir` (a folder; the CLI's `--resume` makes it OUT.run) every epoch of every training
+    the recipe does is checkpointed there, and a rerun with the same folder, model, data and recipe
+    continues a killed run where it stopped, redoing at most one epoch, and writes the bytes an
+    uninterrupted run writes (see `modelzip.resume`); a folder of another run is refused. It is removed
+    once the outputs are written, unless `keep_run_dir`. The report is written before the .mzip file,
+    so a new .mzip file always has its report beside it (the report's `sha256` names the file's bytes);
+    what killed writes of either left behind (temporaries) is removed first.
+
     Under `torchrun` (a process group: `modelzip.distributed.init()`) the training stages run
-    data-parallel; only rank 0 writes `out`, and every rank returns the same result.
+    data-parallel; only rank 0 writes `out`, `report_out` and the checkpoints, and every rank returns the
+    same result.
     """
     recipe = load_recipe(recipe) if isinstance(recipe, str) else recipe
     began = time.perf_counter()
+    if is_main():
+        for path in (Path(p) for p in (out, report_out) if p is not None):
+            remove_temporaries(path.parent, path.name)
     bundle = data if isinstance(data, DataBundle) else None
     train = bundle.train if bundle is not None else data
     test = bundle.test if bundle is not None else None
@@ -87,8 +102,16 @@ def compress(model: nn.Module, data: DataBundle | Data | None = None, recipe: Re
     input_shape = bundle.input_shape if bundle is not None else _input_shape(inputs)
     if bundle is not None:
         check_outputs(model, bundle)
+    run = None if run_dir is None else open_run(
+        run_dir, fingerprint(model, data, recipe, pretrained=pretrained, calibration=calibration))
+
+    def stage(name: str) -> Path | None:
+        """The folder a stage's trainings checkpoint in (None: this run is not checkpointed)."""
+        return None if run is None else run / name
+
     if not pretrained:
-        fit(model, train, recipe.train, test=test, loss_fn=loss_fn or cross_entropy, desc="train")
+        fit(model, train, recipe.train, test=test, loss_fn=loss_fn or cross_entropy,
+            checkpoint=checkpoint_in(run, "train"), desc="train")
     score = _metric(model, metric, metric_name, bundle, inputs)
     before = score(model) if score is not None else None
     stages: dict[str, float] = {}
@@ -102,18 +125,20 @@ def compress(model: nn.Module, data: DataBundle | Data | None = None, recipe: Re
         work = build(recipe.distill.student, bundle.input_shape, bundle.num_classes,
                      activation=recipe.distill.activation)
         train, loss_fn = teaching(model, bundle.train, recipe.distill)
-        fit(work, train, recipe.distill.train, test=test, loss_fn=loss_fn, desc="distill")
+        fit(work, train, recipe.distill.train, test=test, loss_fn=loss_fn, checkpoint=checkpoint_in(run, "distill"),
+            desc="distill")
         measure("after_distill")
     else:
         work = copy.deepcopy(model)
     if recipe.slimming is not None:
-        network_slimming(work, train, bundle.input_shape, recipe.slimming, loss_fn=loss_fn)
+        network_slimming(work, train, bundle.input_shape, recipe.slimming, loss_fn=loss_fn,
+                         checkpoints=stage("slimming"))
         measure("after_slimming")
     if recipe.low_rank is not None:
-        low_rank(work, train, recipe.low_rank, loss_fn=loss_fn)
+        low_rank(work, train, recipe.low_rank, loss_fn=loss_fn, checkpoints=stage("low_rank"))
         measure("after_low_rank")
     if recipe.prune is not None:
-        iterative_prune(work, train, recipe.prune, test=test, loss_fn=loss_fn)
+        iterative_prune(work, train, recipe.prune, test=test, loss_fn=loss_fn, checkpoints=stage("prune"))
         measure("after_prune")
     compensated = None
     if recipe.second_order is not None:
@@ -122,15 +147,17 @@ def compress(model: nn.Module, data: DataBundle | Data | None = None, recipe: Re
         measure("after_second_order")
     sharing = None
     if recipe.soft_sharing is not None:
-        sharing = soft_weight_sharing(work, train, recipe.soft_sharing, test=test, loss_fn=loss_fn)
+        sharing = soft_weight_sharing(work, train, recipe.soft_sharing, test=test, loss_fn=loss_fn,
+                                      checkpoints=stage("soft_sharing"))
         if bundle is not None and score is not None and score.name == "accuracy":
             stages["after_prior"] = sharing.accuracy_retrained
         measure("after_soft_sharing")
     if recipe.quantize is not None:
-        trained_quantization(work, train, recipe.quantize, test=test, seed=recipe.seed, loss_fn=loss_fn)
+        trained_quantization(work, train, recipe.quantize, test=test, seed=recipe.seed, loss_fn=loss_fn,
+                             checkpoints=stage("quantize"))
         measure("after_quantize")
     if recipe.uniform is not None:
-        uniform_quantization(work, train, recipe.uniform, test=test, loss_fn=loss_fn)
+        uniform_quantization(work, train, recipe.uniform, test=test, loss_fn=loss_fn, checkpoints=stage("uniform"))
         measure("after_uniform")
     strip(work)
     broadcast_module_(work)  # under torchrun: every rank encodes rank 0's network, the same bytes
@@ -144,8 +171,6 @@ def compress(model: nn.Module, data: DataBundle | Data | None = None, recipe: Re
         if score.name == "accuracy":  # the name every earlier report and benchmark reads
             meta.update(accuracy_before=before, accuracy_after=meta["metric_after"])
     blob = dumps(work, arch=arch, meta=meta)
-    if out is not None and is_main():  # under torchrun the other ranks return the same result unwritten
-        atomic_write(out, lambda f: f.write(blob))
     report = build_report(blob, dense_bytes=dense_bytes(model))
     report.update(stages=stages, seconds=round(time.perf_counter() - began, 1))
     if compensated is not None:
@@ -153,6 +178,13 @@ def compress(model: nn.Module, data: DataBundle | Data | None = None, recipe: Re
     structural = recipe.slimming is not None or recipe.low_rank is not None
     if structural and input_shape is not None:  # the running network changed: measure it
         report["structure"] = compare(profile(model, input_shape), profile(decoded, input_shape))
+    if is_main():  # under torchrun the other ranks return the same result unwritten
+        if report_out is not None:
+            write_report(report, report_out)
+        if out is not None:
+            atomic_write(out, lambda f: f.write(blob))
+        if run is not None:  # only now: a kill before this point resumes and writes both again
+            close_run(run, keep_run_dir)
     return Compressed(decoded, blob, report, sharing)
 
 

@@ -4,6 +4,7 @@ Built from the .mzip header alone, so `inspect` and `compress` print the same fi
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -67,6 +68,7 @@ def build_report(blob: bytes, *, dense_bytes: int) -> dict[str, Any]:
         "accuracy_after": meta.get("accuracy_after"),
         "dense_bytes": dense_bytes,
         "file_bytes": len(blob),
+        "sha256": hashlib.sha256(blob).hexdigest(),  # pairs the report with the file it describes
         "compression_ratio": dense_bytes / len(blob),
         "layers": layer_rows(header),
     }

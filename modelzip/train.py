@@ -98,7 +98,11 @@ def fit(model: nn.Module, train: Data, config: TrainConfig = TrainConfig(), *,
     (a DataLoader: its own batch size and order); `loss_fn(model, batch)` gives each step's loss.
 
     With `checkpoint`, the model and optimizer state are written there (atomically) after every epoch,
-    and a later call with the same path resumes after the last finished epoch.
+    and a later call with the same path resumes after the last finished epoch, bit for bit as if never
+    stopped: the file also holds the random number generator's state (dropout, jitter and a DataLoader's
+    shuffling draw from it) and the values of `param_groups` parameters outside the model (a prior's). A
+    call whose checkpoint holds every epoch trains none: it only loads the result, so a whole workflow
+    can be replayed up to where it stopped.
 
     Under `torchrun` (a process group, see `modelzip.distributed`) each rank trains on every
     world_size-th batch (of a TensorDataset, batches of batch_size / world_size: one step of all ranks
@@ -122,7 +126,8 @@ def fit(model: nn.Module, train: Data, config: TrainConfig = TrainConfig(), *,
     per_rank = -(-per_epoch // distributed.world_size())  # each rank's steps per epoch
     epochs = max(config.epochs, -(-config.min_steps // per_rank))
     steps = max(1, epochs * per_rank)
-    start, logs = _resume(checkpoint, model, optimizer)
+    device = device_of(model)
+    start, logs = _resume(checkpoint, model, optimizer, device)
     done = start * per_rank  # the schedule follows the epochs done, whatever the world size that did them
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, (lambda s: 0.5 * (1 + math.cos(math.pi * min(done + s, steps) / steps)))
@@ -133,7 +138,6 @@ def fit(model: nn.Module, train: Data, config: TrainConfig = TrainConfig(), *,
             raise ModelError(f"checkpoint {checkpoint} is not the same file on every rank (this one resumes after "
                              f"epoch {start}): put it where every rank reads it")
         distributed.broadcast_module_(model, *params)
-    device = device_of(model)
     for epoch in range(start, epochs):
         model.train()
         began, total, seen = time.perf_counter(), 0.0, 0
@@ -159,8 +163,14 @@ def fit(model: nn.Module, train: Data, config: TrainConfig = TrainConfig(), *,
         if distributed.is_main():
             _progress(desc, epochs, logs[-1])
             if checkpoint is not None:
-                _save_checkpoint(checkpoint, model, optimizer, logs)
+                _save_checkpoint(checkpoint, model, optimizer, logs, device)
     return logs
+
+
+def checkpoint_in(folder: str | Path | None, name: str) -> Path | None:
+    """The checkpoint file of one `fit` call of a stage that trains more than once (`folder/name.pt`), or
+    None when the stage is not checkpointed: each call needs its own file to resume from."""
+    return None if folder is None else Path(folder) / f"{name}.pt"
 
 
 def _backward(model: nn.Module, batch: Batch | None, loss_fn: LossFn, device: torch.device) -> tuple[float, int]:
@@ -221,16 +231,26 @@ def _optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.optim
     return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _resume(path: str | Path | None, model: nn.Module,
-            optimizer: torch.optim.Optimizer) -> tuple[int, list[EpochLog]]:
-    """The epochs a checkpoint finished and their logs, its model and optimizer state loaded (every rank
-    reads the file). The learning rate schedule is not stored: it follows from the epochs done."""
+def _resume(path: str | Path | None, model: nn.Module, optimizer: torch.optim.Optimizer,
+            device: torch.device) -> tuple[int, list[EpochLog]]:
+    """The epochs a checkpoint finished and their logs, its model, optimizer, outside parameters and random
+    state loaded (every rank reads the file, and continues from rank 0's random state). The learning rate
+    schedule is not stored: it follows from the epochs done."""
     if path is None or not Path(path).exists():
         return 0, []
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        outside = _outside(model, optimizer)
+        if len(outside) != len(state["outside"]):
+            raise ValueError(f"{len(state['outside'])} parameters outside the model, this run has {len(outside)}")
+        with torch.no_grad():
+            for param, value in zip(outside, state["outside"]):
+                param.copy_(value)
+        torch.set_rng_state(state["rng"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state["device_rng"], device)
     except Exception as exc:  # a checkpoint of another model or run, or a damaged file
         raise ModelError(f"checkpoint {path} does not fit this run: {exc}") from None
     logs = [EpochLog(**log) for log in state["logs"]]
@@ -238,6 +258,16 @@ def _resume(path: str | Path | None, model: nn.Module,
 
 
 def _save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     logs: list[EpochLog]) -> None:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "logs": [vars(log) for log in logs]}
+                     logs: list[EpochLog], device: torch.device) -> None:
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "logs": [vars(log) for log in logs],
+             "outside": [p.detach() for p in _outside(model, optimizer)], "rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["device_rng"] = torch.cuda.get_rng_state(device)
     atomic_write(path, lambda f: torch.save(state, f))
+
+
+def _outside(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
+    """The optimizer's parameters that are not the model's (a prior's means and precisions): the model's
+    state_dict misses them, and the optimizer's holds only their moments."""
+    own = {id(p) for p in model.parameters()}
+    return [p for group in optimizer.param_groups for p in group["params"] if id(p) not in own]

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import prod
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -23,7 +24,7 @@ from torch.utils.data import TensorDataset
 from ..errors import ConfigError
 from ..layers import Target, check_replaceable, per_target, plain_type, replacing, targets
 from ..models.edits import EDITS, Edit, record_edit, replace_module, swap_layer
-from ..train import LossFn, TrainConfig, cross_entropy, fit
+from ..train import LossFn, TrainConfig, checkpoint_in, cross_entropy, fit
 from .ranks import check_fraction, check_ranks, energy_ranks, factorized_count, rank_for_ratio
 from .svd import svd_factors
 from .tucker import tucker2_factors
@@ -181,9 +182,14 @@ class LowRankConfig:
 
 
 def low_rank(model: nn.Module, train: TensorDataset, config: LowRankConfig = LowRankConfig(),
-             test: TensorDataset | None = None, *, loss_fn: LossFn = cross_entropy) -> dict[str, Any]:
-    """Factorize `model` in place as configured, then fine-tune it: {"ranks": {name: ranks}, "logs": [...]}."""
+             test: TensorDataset | None = None, *, loss_fn: LossFn = cross_entropy,
+             checkpoints: str | Path | None = None) -> dict[str, Any]:
+    """Factorize `model` in place as configured, then fine-tune it: {"ranks": {name: ranks}, "logs": [...]}.
+
+    With `checkpoints` (a folder) the fine-tuning is checkpointed in it (see `fit`).
+    """
     ranks = factorize_(model, config.ratio, energy=config.energy, layers=config.layers, exclude=config.exclude,
                        min_weights=config.min_weights)
-    logs = fit(model, train, config.finetune, test=test, loss_fn=loss_fn, desc="low-rank fine-tune")
+    logs = fit(model, train, config.finetune, test=test, loss_fn=loss_fn,
+               checkpoint=checkpoint_in(checkpoints, "fine-tune"), desc="low-rank fine-tune")
     return {"ranks": ranks, "logs": logs}

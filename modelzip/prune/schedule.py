@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from ..errors import ConfigError
-from ..train import EpochLog, LossFn, TrainConfig, cross_entropy, fit
+from ..train import EpochLog, LossFn, TrainConfig, checkpoint_in, cross_entropy, fit
 from .magnitude import Scope, magnitude, prune_
 from .obd import HessianMethod, obd_score
 
@@ -65,11 +66,13 @@ def ramp(final: float, step: int, steps: int) -> float:
 
 
 def iterative_prune(model: nn.Module, train: TensorDataset, config: PruneConfig = PruneConfig(), *,
-                    test: TensorDataset | None = None, loss_fn: LossFn = cross_entropy) -> list[EpochLog]:
+                    test: TensorDataset | None = None, loss_fn: LossFn = cross_entropy,
+                    checkpoints: str | Path | None = None) -> list[EpochLog]:
     """Prune `model` in place to the configured sparsity over `config.steps` retrained rounds.
 
     With the OBD criterion the saliencies are recomputed on `train` (under `loss_fn`, the objective being
     minimised) before every step, as the paper prescribes: retraining moves the weights and the curvature.
+    With `checkpoints` (a folder) each round's retraining is checkpointed in it as `step-N.pt` (see `fit`).
     """
     logs: list[EpochLog] = []
     layers, scope = config.layers, config.scope
@@ -87,7 +90,7 @@ def iterative_prune(model: nn.Module, train: TensorDataset, config: PruneConfig 
                layers={k: ramp(v, step, config.steps) for k, v in (layers or {}).items()},
                scope=scope, score=score)
         logs += fit(model, train, config.retrain, test=test, loss_fn=loss_fn,
-                    desc=f"prune {step}/{config.steps}")
+                    checkpoint=checkpoint_in(checkpoints, f"step-{step}"), desc=f"prune {step}/{config.steps}")
     return logs
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from ..distributed import broadcast_tensors_
 from ..errors import ConfigError
 from ..layers import parametrization, per_target, targets
 from ..prune import Mask
-from ..train import EpochLog, LossFn, TrainConfig, cross_entropy, fit
+from ..train import EpochLog, LossFn, TrainConfig, checkpoint_in, cross_entropy, fit
 from .kmeans import Init, kmeans_codebook
 
 
@@ -82,7 +83,9 @@ def quantize_(model: nn.Module, bits: Mapping[str, int] | int = 5, *, layers: Ma
 
 def trained_quantization(model: nn.Module, train: TensorDataset, config: QuantizeConfig = QuantizeConfig(), *,
                          test: TensorDataset | None = None, seed: int = 0,
-                         loss_fn: LossFn = cross_entropy) -> list[EpochLog]:
-    """k-means weight sharing, then fine-tuning of the centroids (and of the unshared parameters)."""
+                         loss_fn: LossFn = cross_entropy, checkpoints: str | Path | None = None) -> list[EpochLog]:
+    """k-means weight sharing, then fine-tuning of the centroids (and of the unshared parameters);
+    with `checkpoints` (a folder) the fine-tuning is checkpointed in it (see `fit`)."""
     quantize_(model, config.bits, layers=config.layers, init=config.init, seed=seed)
-    return fit(model, train, config.finetune, test=test, loss_fn=loss_fn, desc="quantize")
+    return fit(model, train, config.finetune, test=test, loss_fn=loss_fn,
+               checkpoint=checkpoint_in(checkpoints, "fine-tune"), desc="quantize")

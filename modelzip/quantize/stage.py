@@ -9,6 +9,7 @@ widths with that average, chosen from each layer's measured sensitivity (`mixed_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -16,7 +17,7 @@ from torch.utils.data import TensorDataset
 from ..data import sample
 from ..errors import ConfigError
 from ..structured import fold_batch_norms_
-from ..train import LossFn, TrainConfig, cross_entropy, evaluate, fit
+from ..train import LossFn, TrainConfig, checkpoint_in, cross_entropy, evaluate, fit
 from .coded import quantize_weights_
 from .mixed import bit_specs, mixed_precision
 from .noise import NoiseMode, finish_quant_noise, prepare_quant_noise
@@ -60,8 +61,12 @@ class UniformConfig:
 
 
 def uniform_quantization(model: nn.Module, train: TensorDataset, config: UniformConfig = UniformConfig(), *,
-                         test: TensorDataset | None = None, loss_fn: LossFn = cross_entropy) -> dict[str, str]:
-    """Quantize `model` in place as `config` says; returns what each layer became ("4-bit", ...)."""
+                         test: TensorDataset | None = None, loss_fn: LossFn = cross_entropy,
+                         checkpoints: str | Path | None = None) -> dict[str, str]:
+    """Quantize `model` in place as `config` says; returns what each layer became ("4-bit", ...).
+
+    With `checkpoints` (a folder) the fine-tuning through the quantizer is checkpointed in it (see `fit`).
+    """
     if config.fold:
         fold_batch_norms_(model)
     layers = {pattern: config.spec(bits) for pattern, bits in config.layers.items()}
@@ -74,7 +79,8 @@ def uniform_quantization(model: nn.Module, train: TensorDataset, config: Uniform
             prepare_quant_noise(model, config.noise, NoiseMode.SCALAR, config.spec(), observe=config.observe)
         else:
             prepare_qat(model, config.spec(), layers=layers, method=config.method, observe=config.observe)
-        fit(model, train, config.train, test=test, loss_fn=loss_fn, desc="quantization-aware training")
+        fit(model, train, config.train, test=test, loss_fn=loss_fn, checkpoint=checkpoint_in(checkpoints, "train"),
+            desc="quantization-aware training")
         if config.noise is not None:
             finish_quant_noise(model)
     return quantize_weights_(model, config.spec(), layers=layers, observe=config.observe)

@@ -7,6 +7,7 @@ their own learning rates, as in the paper).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,7 +17,7 @@ from torch.utils.data import TensorDataset
 from ..distributed import broadcast_module_
 from ..errors import ConfigError
 from ..layers import strip, targets
-from ..train import EpochLog, LossFn, TrainConfig, cross_entropy, evaluate, fit
+from ..train import EpochLog, LossFn, TrainConfig, checkpoint_in, cross_entropy, evaluate, fit
 from .merge import assign, merge_components, quantize_to_means_
 from .prior import Gamma, GaussianMixturePrior
 
@@ -82,12 +83,15 @@ def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def soft_weight_sharing(model: nn.Module, train: TensorDataset, config: SoftSharingConfig = SoftSharingConfig(), *,
-                        test: TensorDataset | None = None, loss_fn: LossFn = cross_entropy) -> SoftSharing:
+                        test: TensorDataset | None = None, loss_fn: LossFn = cross_entropy,
+                        checkpoints: str | Path | None = None) -> SoftSharing:
     """Retrain `model` (in place) under a Gaussian-mixture prior, merge its components, quantize.
 
     The model should come trained: the prior's means start spread over its weights' range. Existing
     prune masks are baked in first (pruned weights stay exactly zero, in the zero component). On
-    return every covered tensor holds only the merged prior's means, 0 included.
+    return every covered tensor holds only the merged prior's means, 0 included. With `checkpoints` (a
+    folder) the retraining under the prior (`prior.pt`, the prior's parameters included) and the snapped
+    fine-tuning (`snapped.pt`) are checkpointed in it (see `fit`).
     """
     strip(model)
     where = covered(model, config.biases)
@@ -110,7 +114,8 @@ def soft_weight_sharing(model: nn.Module, train: TensorDataset, config: SoftShar
         {"params": [prior.log_precision], "lr": config.lr_log_precision},
         {"params": [prior.mixing_logits], "lr": config.lr_mixing},
     ]
-    logs = fit(model, train, config.train, test=test, loss_fn=loss, param_groups=groups, desc="soft sharing")
+    logs = fit(model, train, config.train, test=test, loss_fn=loss, param_groups=groups,
+               checkpoint=checkpoint_in(checkpoints, "prior"), desc="soft sharing")
     retrained = _flat(tensors())
     accuracy = evaluate(model, test) if test is not None else None
     merged = merge_components(prior.cpu(), config.merge_kl).to(device)
@@ -119,7 +124,7 @@ def soft_weight_sharing(model: nn.Module, train: TensorDataset, config: SoftShar
         codes = quantize_to_means_(tensors(), merged)
     else:  # the weights keep their retrained values underneath: snapping decides afresh at every step
         codes = _snapped_training(model, list(where.values()), assign(tensors(), merged), merged, train,
-                             config.finetune, test, loss_fn)
+                                  config.finetune, test, loss_fn, checkpoint_in(checkpoints, "snapped"))
     counts = torch.bincount(torch.cat([c.flatten() for c in codes]).cpu(), minlength=merged.components)
     return SoftSharing(prior.cpu(), merged.cpu(), pretrained, retrained, counts, logs, accuracy)
 
@@ -141,14 +146,14 @@ class SnapToMeans(nn.Module):
 
 
 def _snapped_training(model: nn.Module, where: list[tuple[nn.Module, str]], codes: list[torch.Tensor],
-                 merged: GaussianMixturePrior, train: TensorDataset, config: TrainConfig,
-                 test: TensorDataset | None, loss_fn: LossFn) -> list[torch.Tensor]:
+                      merged: GaussianMixturePrior, train: TensorDataset, config: TrainConfig,
+                      test: TensorDataset | None, loss_fn: LossFn, checkpoint: Path | None) -> list[torch.Tensor]:
     """Train the network with its weights snapped to the merged means (straight-through), and the
     means themselves; the zero component stays pruned. Returns the final component of every element."""
     means = nn.Parameter(merged.means.detach().clone())
     for (module, name), code in zip(where, codes):
         parametrize.register_parametrization(module, name, SnapToMeans(means, code != 0))
-    fit(model, train, config, test=test, loss_fn=loss_fn, desc="soft sharing: snapped")
+    fit(model, train, config, test=test, loss_fn=loss_fn, checkpoint=checkpoint, desc="soft sharing: snapped")
     strip(model)
     with torch.no_grad():
         merged.means.copy_(means)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from torch.utils.data import TensorDataset
 
 from ..errors import ConfigError
 from ..prune import Scope
-from ..train import EpochLog, LossFn, TrainConfig, cross_entropy, evaluate, fit
+from ..train import EpochLog, LossFn, TrainConfig, checkpoint_in, cross_entropy, evaluate, fit
 from .graph import NORMS, trace
 from .remove import remove_channels_
 from .select import Criterion, channel_scores, select_channels
@@ -103,15 +104,19 @@ def prune_channels_(model: nn.Module, input_shape: tuple[int, ...],
 
 def network_slimming(model: nn.Module, train: TensorDataset, input_shape: tuple[int, ...],
                      config: SlimmingConfig = SlimmingConfig(), *, test: TensorDataset | None = None,
-                     loss_fn: LossFn = cross_entropy) -> Slimmed:
-    """Train with the scale penalty (unless `config.train` is None), remove channels, fine-tune; in place."""
+                     loss_fn: LossFn = cross_entropy, checkpoints: str | Path | None = None) -> Slimmed:
+    """Train with the scale penalty (unless `config.train` is None), remove channels, fine-tune; in place.
+
+    With `checkpoints` (a folder) both trainings are checkpointed in it (see `fit`).
+    """
     logs: list[EpochLog] = []
     if config.train is not None:
         logs += fit(model, train, config.train, test=test, loss_fn=scale_penalty(model, config.penalty, loss_fn),
-                    desc="sparsity training")
+                    checkpoint=checkpoint_in(checkpoints, "sparsity-training"), desc="sparsity training")
     trained = evaluate(model, test) if test is not None else None
     channels = prune_channels_(model, input_shape, config.channels)
     removed = evaluate(model, test) if test is not None else None
-    logs += fit(model, train, config.finetune, test=test, loss_fn=loss_fn, desc="fine-tune")
+    logs += fit(model, train, config.finetune, test=test, loss_fn=loss_fn,
+                checkpoint=checkpoint_in(checkpoints, "fine-tune"), desc="fine-tune")
     finetuned = evaluate(model, test) if test is not None else None
     return Slimmed(channels, trained, removed, finetuned, logs)
