@@ -220,9 +220,11 @@ def _block(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     return values, widths, lit_codes, lit_lengths
 
 
-def symbol_counts(symbols: np.ndarray) -> np.ndarray:
-    """Occurrences of each byte symbol plus the one end-of-block: the counts a stream is coded for."""
-    counts = np.bincount(symbols, minlength=LITERALS)
+def symbol_counts(symbols: np.ndarray, repeats: np.ndarray | None = None) -> np.ndarray:
+    """Occurrences of each byte symbol plus the one end-of-block: the counts a stream is coded for.
+
+    `repeats` (one per symbol) counts each symbol that many times: the counts of a histogram."""
+    counts = np.bincount(symbols, weights=repeats, minlength=LITERALS).astype(np.int64)
     counts[END_OF_BLOCK] += 1
     return counts
 
@@ -231,7 +233,12 @@ def encoded_size(counts: np.ndarray) -> int:
     """Exact bytes `encode` writes for symbols with these `counts` (`symbol_counts`), without encoding:
     lets the tensor encoder price every candidate and encode only the smallest."""
     _, widths, _, lit_lengths = _block(counts)
-    return (int(widths.sum()) + int(np.dot(counts, lit_lengths)) + 7) // 8
+    return _stream_bytes(counts, widths, lit_lengths)
+
+
+def _stream_bytes(counts: np.ndarray, header_widths: np.ndarray, lit_lengths: np.ndarray) -> int:
+    """Bytes of the block: its header's bits plus every symbol's (end-of-block included) code length."""
+    return (int(header_widths.sum()) + int(np.dot(counts, lit_lengths)) + 7) // 8
 
 
 def encode(symbols: np.ndarray) -> bytes:
@@ -246,7 +253,7 @@ def encode(symbols: np.ndarray) -> bytes:
         symbols = symbols.astype(np.uint8)
     counts = symbol_counts(symbols)
     values, widths, lit_codes, lit_lengths = _block(counts)
-    out = np.zeros(encoded_size(counts), dtype=np.uint8)
+    out = np.zeros(_stream_bytes(counts, widths, lit_lengths), dtype=np.uint8)
     bit = _scatter_bits(out, values, widths, 0)
     for start in range(0, symbols.size, CHUNK):
         chunk = symbols[start : start + CHUNK]

@@ -211,9 +211,8 @@ def _gap_prices(positions: np.ndarray) -> list[tuple[int, int, int]]:
     for index_bits in INDEX_BITS:
         span = 1 << index_bits
         fillers = int(np.dot(lengths >> index_bits, runs) if runs is not None else (lengths >> index_bits).sum())
-        gap_counts = np.bincount(lengths & (span - 1), weights=runs, minlength=huffman.LITERALS).astype(np.int64)
+        gap_counts = huffman.symbol_counts(lengths & (span - 1), runs)
         gap_counts[span - 1] += fillers
-        gap_counts[huffman.END_OF_BLOCK] += 1
         prices.append((index_bits, fillers, huffman.encoded_size(gap_counts)))
     return prices
 

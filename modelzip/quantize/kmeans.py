@@ -145,7 +145,7 @@ def _start(ordered: np.ndarray, k: int, init: Init | str, seed: int) -> np.ndarr
     k = min(k, distinct.size)
     start = np.unique(initial_centroids(ordered, k, init, seed))
     if start.size < k:
-        start = np.sort(np.random.default_rng(seed).choice(distinct, k, replace=False)).astype(np.float64)
+        start = np.sort(initial_centroids(distinct, k, Init.RANDOM, seed)).astype(np.float64)
     return start
 
 
