@@ -9,7 +9,8 @@
 from .data import DataBundle, load_data
 # distill() itself is modelzip.distill.distill: the subpackage keeps its name
 from .distill import DistillConfig, kd_loss
-from .errors import ChecksumError, ConfigError, DataError, FormatError, ModelError, ModelzipError, TruncatedError
+from .errors import (ChecksumError, ConfigError, DataError, FormatError, LimitError, ModelError, ModelzipError,
+                     TruncatedError)
 from .io import dumps, header, load, loads, save
 from .layers import strip
 from .lowrank import LowRankConfig, factorize_, low_rank
@@ -30,7 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChannelPruneConfig", "ChecksumError", "Compressed", "ConfigError", "DataBundle", "DataError", "DistillConfig",
-    "FormatError", "GaussianMixturePrior", "LowRankConfig", "ModelError", "ModelzipError", "PruneConfig",
+    "FormatError", "GaussianMixturePrior", "LimitError", "LowRankConfig", "ModelError", "ModelzipError", "PruneConfig",
     "QuantSpec", "QuantizeConfig", "Recipe", "SecondOrderConfig", "SlimmingConfig", "SoftSharingConfig",
     "TrainConfig", "TruncatedError", "UniformConfig", "allocate", "build", "compress", "dumps", "evaluate",
     "factorize_", "fit", "header", "iterative_prune", "kd_loss", "load", "load_data", "load_recipe", "loads",

@@ -17,6 +17,11 @@ class ChecksumError(FormatError):
     """A section's bytes do not match the CRC-32 recorded in the header: the file is corrupt."""
 
 
+class LimitError(FormatError):
+    """A file declares more than a reader's limit allows (decoded size, header size or nesting), checked before
+    anything is allocated: a decompression bomb, or a trusted file whose limit the caller must raise."""
+
+
 class DataError(ModelzipError):
     """A data set cannot be read or does not have the shape or contents it should."""
 

@@ -29,8 +29,16 @@ def pack_bits(values: np.ndarray, bits: int) -> bytes:
 
 
 def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
-    """The `count` values `pack_bits` packed into `data` (which must be `packed_size` bytes), as uint8."""
-    stream = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count * bits, bitorder="little")
-    padded = np.zeros((count, 8), dtype=np.uint8)  # (n, 8): each value's bits, zero above bit b - 1
-    padded[:, :bits] = stream.reshape(count, bits)
-    return np.packbits(padded, axis=1, bitorder="little").reshape(count)
+    """The `count` values `pack_bits` packed into `data` (which must be `packed_size` bytes), as uint8.
+
+    Unpacks in chunks, so the (n, 8) bit matrix never exceeds a few MB; 0-bit values are all zero."""
+    stream = np.frombuffer(data, dtype=np.uint8)
+    out = np.zeros(count, dtype=np.uint8)
+    for start in range(0, count if bits else 0, CHUNK):
+        n = min(CHUNK, count - start)
+        first = start * bits // 8  # chunks start on byte boundaries
+        chunk = np.unpackbits(stream[first : first + packed_size(n, bits)], count=n * bits, bitorder="little")
+        padded = np.zeros((n, 8), dtype=np.uint8)  # (n, 8): each value's bits, zero above bit b - 1
+        padded[:, :bits] = chunk.reshape(n, bits)
+        out[start : start + n] = np.packbits(padded, axis=1, bitorder="little").reshape(n)
+    return out

@@ -25,7 +25,8 @@ The codebook is sorted by bit pattern, which puts +0.0 (all zero bits) at index 
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -48,6 +49,7 @@ DTYPES = frozenset(
     + ["float16", "float32", "float64", "complex64", "complex128"]
 )
 MAX_CODEBOOK = 256  # codebook indices are Huffman-coded as bytes
+MAX_DIMS = 32  # numpy allows 64 dimensions; a weight has a handful
 INDEX_BITS = range(1, 9)  # the paper fixes 5 (fc) or 8 (conv); searching is cheap and never worse
 SAMPLE = 1 << 16  # values whose distinct count rejects a codebook before a full pass
 CHUNK = 1 << 20  # values looked up in the codebook per step (bounds the int64 temporaries)
@@ -241,11 +243,29 @@ def _best_sparse(
     return min(options, key=lambda plan: _cost(plan[0]))
 
 
-def decode_tensor(entry: Entry, sections: list[bytes]) -> np.ndarray:
-    """Rebuild the exact array (dtype, shape, bits) from an entry and its sections.
+class Layout(NamedTuple):
+    """What a checked entry decodes to: `count` elements of `dtype`, shaped `shape`."""
 
-    Validates everything the decoders rely on, so bad input raises FormatError, never an
-    IndexError or a silently wrong shape. Extra entry keys (e.g. the container's) are ignored.
+    encoding: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    count: int
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the decoded array takes: what the container's decoded-size cap adds up."""
+        return self.count * self.dtype.itemsize
+
+
+def check_entry(entry: object, sizes: Sequence[int]) -> Layout:
+    """Check an entry against its sections' byte sizes, from the header alone: nothing is decoded or allocated.
+
+    Every element count must be one its sections can hold, so no decoder allocates more than its input
+    accounts for: raw values (raw, sparse-raw) take exactly their bytes, bit-packed indices ceil(n * bits / 8)
+    bytes, and a Huffman stream spends at least one bit on each symbol and on its end-of-block code, so it
+    holds fewer than 8 symbols a byte (DEFLATE's back-references could expand a crafted stream 1032:1; this
+    bound leaves them no room). Only the zeros of a sparse or constant (0-bit packed) tensor cost no bytes:
+    the container's decoded-size cap bounds those.
     """
     if not isinstance(entry, dict):
         raise FormatError(f"tensor entry must be a JSON object, found {type(entry).__name__}")
@@ -257,20 +277,58 @@ def decode_tensor(entry: Entry, sections: list[bytes]) -> np.ndarray:
         raise FormatError(f"unsupported dtype {name!r} in tensor entry")
     dtype = np.dtype(name)
     shape = entry.get("shape")
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-        raise FormatError(f"tensor shape must be a list of non-negative ints, found {shape!r}")
+    if not (isinstance(shape, list) and len(shape) <= MAX_DIMS and all(_is_int(d) and d >= 0 for d in shape)):
+        raise FormatError(f"tensor shape must be a list of non-negative ints (at most {MAX_DIMS}), found {shape!r:.80}")
     count = _field(entry, "count", high=sys.maxsize // dtype.itemsize)
     if math.prod(shape) != count:
         raise FormatError(f"tensor shape {shape} has {math.prod(shape)} elements but count is {count}")
     roles = SECTIONS[encoding]
-    if len(sections) != len(roles):
+    if len(sizes) != len(roles):
         needs = f"{len(roles)} sections ({', '.join(roles)})"
-        raise FormatError(f"{encoding} tensor needs {needs}, got {len(sections)}")
-    for role, section in zip(roles, sections):
-        if _field(entry, f"{role}_bytes") != len(section):
-            raise FormatError(f"{role} section is {len(section)} bytes, entry says {entry[f'{role}_bytes']}")
-    flat = _DECODERS[encoding](entry, dict(zip(roles, sections)), dtype, count)  # (count,)
-    return flat.reshape(shape)
+        raise FormatError(f"{encoding} tensor needs {needs}, got {len(sizes)}")
+    for role, size in zip(roles, sizes):
+        if _field(entry, f"{role}_bytes") != size:
+            raise FormatError(f"{role} section is {size} bytes, entry says {entry[f'{role}_bytes']}")
+    size = dict(zip(roles, sizes))
+    stored = _field(entry, "entries", high=count) if "index" in size else count  # values the last section holds
+    if "codebook" in size:
+        _holds_values(size["codebook"], _field(entry, "codebook_size", 1, MAX_CODEBOOK), dtype, "codebook")
+    if "index" in size:
+        _holds_symbols(size["index"], stored, "index section")
+    if encoding == "dense-packed":
+        bits = (entry["codebook_size"] - 1).bit_length()
+        if size["value"] != packed_size(count, bits):
+            raise FormatError(f"value section is {size['value']} bytes, {count} indices of {bits} bits "
+                              f"need {packed_size(count, bits)}")
+    elif "codebook" in size:  # dense, sparse: Huffman-coded codebook indices
+        _holds_symbols(size["value"], stored, "value section")
+    else:  # raw, sparse-raw
+        _holds_values(size[roles[-1]], stored, dtype, f"{roles[-1]} section")
+    return Layout(encoding, dtype, tuple(shape), count)
+
+
+def _holds_values(size: int, count: int, dtype: np.dtype, what: str) -> None:
+    if size != count * dtype.itemsize:
+        raise FormatError(f"{what} is {size} bytes, {count} {dtype.name} values need {count * dtype.itemsize}")
+
+
+def _holds_symbols(size: int, count: int, what: str) -> None:
+    if count >= 8 * size:
+        raise FormatError(f"{what} of {size} bytes cannot hold {count} Huffman-coded symbols "
+                          "(each symbol and the end-of-block code take at least one bit)")
+
+
+def decode_tensor(entry: Entry, sections: list[bytes]) -> np.ndarray:
+    """Rebuild the exact array (dtype, shape, bits) from an entry and its sections.
+
+    Checks everything the decoders rely on first (`check_entry`), so bad input raises FormatError, never an
+    IndexError, a silently wrong shape or an allocation its bytes do not account for. Extra entry keys (e.g.
+    the container's) are ignored.
+    """
+    layout = check_entry(entry, [len(s) for s in sections])
+    decode = _DECODERS[layout.encoding]
+    flat = decode(entry, dict(zip(SECTIONS[layout.encoding], sections)), layout.dtype, layout.count)  # (count,)
+    return flat.reshape(layout.shape)
 
 
 def _is_int(value: object) -> bool:
@@ -280,28 +338,21 @@ def _is_int(value: object) -> bool:
 def _field(entry: Entry, key: str, low: int = 0, high: int = sys.maxsize) -> int:
     value = entry.get(key)
     if not _is_int(value) or not low <= value <= high:
-        raise FormatError(f"tensor entry key {key!r} must be an int in [{low}, {high}], found {value!r}")
+        raise FormatError(f"tensor entry key {key!r} must be an int in [{low}, {high}], found {value!r:.80}")
     return value
 
 
-def _values(section: bytes, dtype: np.dtype, count: int, what: str) -> np.ndarray:
-    """`count` little-endian values from a section, as a new native-order array."""
-    needed = count * dtype.itemsize
-    if len(section) != needed:
-        raise FormatError(f"{what} is {len(section)} bytes, {count} {dtype.name} values need {needed}")
+def _values(section: bytes, dtype: np.dtype) -> np.ndarray:
+    """A section's little-endian values (its size checked by `check_entry`), as a new native-order array."""
     return np.frombuffer(section, dtype=dtype.newbyteorder("<")).astype(dtype)
 
 
 def _codebook_lookup(entry: Entry, sections: dict[str, bytes], dtype: np.dtype, count: int) -> np.ndarray:
-    """Decode `count` Huffman-coded codebook indices and look their values up."""
-    size = _field(entry, "codebook_size", 1, MAX_CODEBOOK)
-    codebook = _values(sections["codebook"], dtype, size, "codebook")  # (size,)
+    """Decode `count` codebook indices (bit-packed or Huffman-coded) and look their values up."""
+    size = entry["codebook_size"]
+    codebook = _values(sections["codebook"], dtype)  # (size,)
     if entry["encoding"] == "dense-packed":
-        bits = (size - 1).bit_length()
-        if len(sections["value"]) != packed_size(count, bits):
-            raise FormatError(f"value section is {len(sections['value'])} bytes, {count} indices of {bits} bits "
-                              f"need {packed_size(count, bits)}")
-        indices = unpack_bits(sections["value"], bits, count)  # (count,) uint8
+        indices = unpack_bits(sections["value"], (size - 1).bit_length(), count)  # (count,) uint8
     else:
         indices = huffman.decode(sections["value"], count)  # (count,) uint8
     if count and int(indices.max()) >= size:
@@ -310,15 +361,15 @@ def _codebook_lookup(entry: Entry, sections: dict[str, bytes], dtype: np.dtype, 
 
 
 def _decode_raw(entry: Entry, sections: dict[str, bytes], dtype: np.dtype, count: int) -> np.ndarray:
-    return _values(sections["raw"], dtype, count, "raw section")
+    return _values(sections["raw"], dtype)
 
 
 def _decode_sparse(entry: Entry, sections: dict[str, bytes], dtype: np.dtype, count: int) -> np.ndarray:
-    entries = _field(entry, "entries", high=count)
+    entries = entry["entries"]
     if entry["encoding"] == "sparse":
         values = _codebook_lookup(entry, sections, dtype, entries)
     else:
-        values = _values(sections["value"], dtype, entries, "value section")
+        values = _values(sections["value"], dtype)
     positions = absolute_positions(huffman.decode(sections["index"], entries))  # (entries,)
     if entries and positions[-1] >= count:
         raise FormatError(f"sparse indices reach position {positions[-1]} in a tensor of {count} elements")

@@ -23,7 +23,8 @@ from torch.utils.data import TensorDataset
 
 from ..errors import ConfigError
 from ..layers import Target, check_replaceable, per_target, plain_type, replacing, targets
-from ..models.edits import EDITS, Edit, record_edit, replace_module, swap_layer
+from ..models.edits import Edit, edit_op, record_edit, replace_module, swap_layer
+from ..models.schema import MAX_DIM, integer, sequence
 from ..train import LossFn, TrainConfig, checkpoint_in, cross_entropy, fit
 from .ranks import check_fraction, check_ranks, energy_ranks, factorized_count, rank_for_ratio
 from .svd import svd_factors
@@ -75,7 +76,7 @@ def _structure(layer: nn.Module, ranks: Sequence[int]) -> nn.Sequential:
         last=nn.Conv2d(r_out, layer.out_channels, 1, bias=bias, **like)))
 
 
-@EDITS.register("factorize")
+@edit_op("factorize", required={"ranks": sequence(integer(1, MAX_DIM), 1, 2)})
 def _replay(model: nn.Module, edit: Edit) -> None:
     """Swap the layer for its empty factorized structure; the state_dict fills it in afterwards."""
     swap_layer(model, edit, _factorizable, lambda layer: _structure(layer, edit.get("ranks", [])))

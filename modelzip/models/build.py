@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 from ..errors import ModelError, first_line
-from .edits import ARCH_ATTR, apply_edits
+from .edits import ARCH_ATTR, apply_edits, check_edits
 from .hf import HF_PREFIX, hf_architecture, hf_pretrained
 from .reference import MODELS
+from .schema import (MAX_DIM, MAX_DIMS, Check, boolean, fail, fraction, integer, is_int, known, record,
+                     sequence, shape, text)
 
 
 MLP_NAME = re.compile(r"mlp(-[1-9][0-9]*)+")
@@ -56,8 +58,10 @@ def rebuild(arch: dict[str, Any], *, allow_import: bool = False, device: str | t
             ) -> nn.Module:
     """Construct the module an `arch` record describes (on `device`, e.g. "meta" to skip initialisation).
 
-    Structural edits in the record (channels removed, layers factorized) are replayed on the result.
+    Structural edits in the record (channels removed, layers factorized) are replayed on the result. The
+    record is checked first (`check_arch`), so a bad one raises a ModelError naming its field.
     """
+    check_arch(arch)
     builder, kwargs = _builder(arch, allow_import)
     label = arch_label(arch)
     with torch.device(device) if device is not None else contextlib.nullcontext():
@@ -101,13 +105,63 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         raise ModelError(f"weights file {path} does not fit the model: {exc}") from None
 
 
+def check_arch(arch: object) -> None:
+    """Check an `arch` record's fields and edits before anything is built from it: a ModelError naming the field.
+
+    The arguments the built-in builders share are checked for type and range; others go to the builder as
+    they are (it names the ones it does not take), since a user may register builders of their own.
+    """
+    _ARCH(arch, "arch")
+    builders = [key for key in ("name", "import", "hf") if key in arch]
+    if len(builders) > 1:
+        raise ModelError(f"arch names {' and '.join(builders)}: a record has one builder")
+    if "kwargs" in arch and "name" not in arch:
+        raise ModelError("arch.kwargs are a built-in model's arguments, but arch has no 'name'")
+
+
+def _model_name(value: Any, path: str) -> None:
+    text()(value, path)
+    if MLP_NAME.fullmatch(value) and not all(is_int(int(h), 1, MAX_DIM) for h in value.split("-")[1:]):
+        fail(path, f"an mlp-H1-H2-... name with widths in [1, {MAX_DIM}]", value)
+
+
+def _input_shape(value: Any, path: str) -> None:
+    sequence(integer(1, MAX_DIM), 1, MAX_DIMS)(value, path)
+    shape(value, path)
+
+
+def _optional_width(value: Any, path: str) -> None:
+    """vgg-bn's `hidden`: a width or None; mlp's: a list of widths."""
+    if value is not None and not is_int(value, 1, MAX_DIM):
+        sequence(integer(1, MAX_DIM), 1, 1024)(value, path)
+
+
+def _vgg_width(value: Any, path: str) -> None:
+    if value != "M" and not is_int(value, 1, MAX_DIM):
+        fail(path, f"a width in [1, {MAX_DIM}] or 'M' (max-pool)", value)
+
+
+BUILDER_ARGS: dict[str, Check] = {
+    "input_shape": _input_shape,
+    "num_classes": integer(1, MAX_DIM),
+    "dropout": fraction,
+    "activation": text(),  # a name; the registry says which exist
+    "batch_norm": boolean,
+    "widths": sequence(_vgg_width, 1, 1024),
+    "hidden": _optional_width,
+}
+"""Checks of the built-in builders' arguments, by name."""
+_ARCH = record({}, {"name": _model_name, "kwargs": known(BUILDER_ARGS), "import": text(r"[^:]+:[^:]+",
+                    "a reference package.module:function"), "hf": text(), "edits": check_edits})
+
+
 def _builder(arch: dict[str, Any], allow_import: bool) -> tuple[Callable[..., Any], dict[str, Any]]:
     if "name" in arch:
         kwargs = dict(arch.get("kwargs", {}))
         if "input_shape" in kwargs:
             kwargs["input_shape"] = tuple(kwargs["input_shape"])
         name = arch["name"]
-        if name not in MODELS and isinstance(name, str) and MLP_NAME.fullmatch(name):
+        if name not in MODELS and MLP_NAME.fullmatch(name):
             return MODELS.get("mlp"), {"hidden": [int(h) for h in name.split("-")[1:]], **kwargs}
         return MODELS.get(name), kwargs
     if "hf" in arch:

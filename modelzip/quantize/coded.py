@@ -26,7 +26,8 @@ from torch.nn.utils import parametrize
 
 from ..errors import ConfigError, ModelError
 from ..layers import Target, per_target, plain_type, targets
-from ..models.edits import EDITS, Edit, record_edit, replace_module, swap_layer
+from ..models.edits import Edit, edit_op, record_edit, replace_module, swap_layer
+from ..models.schema import MAX_DIM, boolean, choice, integer
 from ..prune import Mask
 from .pq import PQCodes, pq_decode
 from .qat import Codes
@@ -336,7 +337,9 @@ def _layout(layer: CodedLayer) -> Edit:
     return {**layout, "group_size": layer.group_size} if layer.group_size else layout
 
 
-@EDITS.register("quantize")
+@edit_op("quantize", required={"kind": choice({kind for kind, _ in CODED})},
+         optional={"bits": integer(1, 8), "per_channel": boolean, "signed": boolean, "group_size": integer(0, MAX_DIM),
+                   "block_size": integer(1, MAX_DIM), "centroids": integer(1, 2**15)})
 def _replay(model: nn.Module, edit: Edit) -> None:
     """Swap the float layer for an empty coded one; the state_dict fills its codes afterwards."""
     kind = edit.get("kind")

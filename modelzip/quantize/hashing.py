@@ -33,7 +33,8 @@ from torch.nn.modules.utils import _pair
 from ..errors import ConfigError
 from ..layers import check_replaceable, per_target, plain_type, replacing, targets
 from ..lowrank.svd import svd_factors
-from ..models.edits import EDITS, Edit, record_edit, replace_module, swap_layer
+from ..models.edits import Edit, edit_op, record_edit, replace_module, swap_layer
+from ..models.schema import MAX_DIM, MAX_ELEMENTS, choice, integer
 
 _MASK32 = 0xFFFF_FFFF
 _GOLDEN = 0x9E37_79B9  # 2**32 / golden ratio: spreads consecutive salts over the 32-bit range
@@ -290,7 +291,8 @@ def hash_(model: nn.Module, ratio: float | Mapping[str, float | None] | None = N
     return {name: size for name, _, size in plan}
 
 
-@EDITS.register("hash")
+@edit_op("hash", optional={"buckets": integer(1, MAX_ELEMENTS), "rank": integer(1, MAX_DIM),
+                            "seed": integer(0, 2**31 - 1), "structure": choice([s.value for s in HashStructure])})
 def _replay(model: nn.Module, edit: Edit) -> None:
     """Swap the layer for an empty hashed one; the state_dict fills its storage and bias afterwards.
 

@@ -23,7 +23,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ..errors import ModelError
 from ..layers import check_replaceable, plain_type
-from ..models.edits import EDITS, Edit, record_edit, replace_module, submodule, swap_layer
+from ..models.edits import LAYER, Edit, edit_op, record_edit, replace_module, submodule, swap_layer
 from .graph import NORMS, LeafTracer
 
 # the batch norm each layer type is folded with: a BatchNorm1d after a Linear normalizes its features only
@@ -59,7 +59,7 @@ def fold_batch_norms_(model: nn.Module) -> dict[str, str]:
     return dict(pairs)
 
 
-@EDITS.register("fold-bn")
+@edit_op("fold-bn", required={"norm": LAYER})
 def _replay(model: nn.Module, edit: Edit) -> None:
     """Give the layer an (uninitialised) bias if it has none and put nn.Identity where the norm was;
     the state_dict fills the folded weight and bias afterwards."""

@@ -13,12 +13,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import ConfigError, ModelError
-from ..models.edits import record_edit, resize_edit
+from ..models.edits import SIZE_ATTRS, record_edit, resize_edit
 from ..models.reference import Select
 from .graph import ChannelGraph, Layout
-
-SIZE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features")
-
 
 def feature_index(layout: Layout, keep: Mapping[int, torch.Tensor]) -> torch.Tensor | None:
     """Positions along dim 1 that survive when each group keeps the channels `keep[group]`.

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelzip.codec.container import dumps, loads, read_header
-from modelzip.errors import ChecksumError, FormatError, TruncatedError
+from modelzip.codec import huffman
+from modelzip.codec.container import DECODED_FLOOR, HEADER_FLOOR, MAX_DEPTH, decoded_cap, dumps, loads, read_header
+from modelzip.errors import ChecksumError, ConfigError, FormatError, LimitError, TruncatedError
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny.mzip"
 
@@ -160,7 +161,7 @@ def test_precise_errors(data, error, message):
         loads(data)
 
 
-@pytest.mark.parametrize("header", [b"\xff{", b"{1: 2}", b"[" * 100_000])
+@pytest.mark.parametrize("header", [b"\xff{", b"{1: 2}", b"[" * 64 + b"]" * 63])
 def test_header_not_json(header):
     packed = zlib.compress(header)
     data = b"MZIP" + struct.pack("<HII", 1, len(packed), zlib.crc32(packed)) + packed
@@ -203,3 +204,96 @@ def test_header_bomb_is_refused():
     blob = PREAMBLE.pack(b"MZIP", 1, len(packed), zlib.crc32(packed)) + packed
     with pytest.raises(FormatError, match="more than"):
         loads(blob)
+
+
+def preamble(packed: bytes) -> bytes:
+    return b"MZIP" + struct.pack("<HII", 1, len(packed), zlib.crc32(packed)) + packed
+
+
+@pytest.mark.parametrize(("packed", "message"), [
+    (zlib.compress(b"{}")[:-4], "ends early \\(no end of stream or adler-32 trailer\\)"),
+    (zlib.compress(b"{}") + b"junk", "4 byte\\(s\\) after the header's zlib stream"),
+    (zlib.compress(b"{}") + zlib.compress(b"{}"), "10 byte\\(s\\) after the header's zlib stream"),
+])
+def test_header_must_be_one_complete_zlib_stream(packed, message):
+    with pytest.raises(FormatError, match=message):
+        read_header(preamble(packed))
+
+
+def test_header_nesting_is_capped_before_parsing():
+    deep = {"meta": {"x": json.loads("[" * (MAX_DEPTH - 2) + "]" * (MAX_DEPTH - 2))}, "tensors": {}, "sections": []}
+    assert read_header(container(deep))["meta"] == deep["meta"]  # exactly MAX_DEPTH levels, counting the header
+    brackets_in_strings = {"meta": {"s": "[{" * 500, "t": "\\\"[" * 100}, "tensors": {}, "sections": []}
+    assert read_header(container(brackets_in_strings)) == brackets_in_strings
+    deep["meta"]["x"] = [deep["meta"]["x"]]
+    start = time.perf_counter()
+    with pytest.raises(LimitError, match=f"nests {MAX_DEPTH + 1} levels deep; the reader allows {MAX_DEPTH}"):
+        read_header(container(deep))
+    with pytest.raises(LimitError, match="nests 600 levels"):
+        read_header(preamble(zlib.compress(b'{"meta":' + b"[" * 599 + b"]" * 599 + b"}")))
+    assert time.perf_counter() - start < 0.05
+
+
+def test_header_inflation_is_capped_relative_to_its_size():
+    """60 MB of JSON from a 61 kB header would cost 1.5 s and 320 MB to parse: refused at 64x (1 MiB floor)."""
+    text = b'{"meta":{"x":[' + b"0," * (HEADER_FLOOR // 2) + b'0]},"tensors":{},"sections":[]}'
+    packed = zlib.compress(text, 9)
+    with pytest.raises(LimitError, match=f"more than {HEADER_FLOOR} bytes from {len(packed)}"):
+        read_header(preamble(packed))
+    assert len(read_header(preamble(zlib.compress(text[: HEADER_FLOOR - 100] + b'0]},"tensors":{},"sections":[]}')))
+               ["meta"]["x"]) > 1000
+
+
+def bomb(entry: dict, sections: list[bytes]) -> bytes:
+    """A CRC-valid file whose one tensor `t` has `entry` and `sections`."""
+    header = {"meta": {}, "tensors": {"t": {**entry, "sections": [0, len(sections)]}},
+              "sections": [{"length": len(s), "crc32": zlib.crc32(s)} for s in sections]}
+    return container(header) + b"".join(sections)
+
+
+COUNT = 10**8  # 400 MB of float32 declared in a few hundred bytes
+EMPTY = huffman.encode(np.zeros(0, np.uint8))  # a Huffman stream of no symbols
+BOMBS = {
+    "dense-packed": ({"encoding": "dense-packed", "codebook_size": 1, "codebook_bytes": 4, "value_bytes": 0},
+                     [b"\0" * 4, b""]),
+    "sparse": ({"encoding": "sparse", "codebook_size": 1, "codebook_bytes": 4, "entries": 0,
+                "index_bytes": len(EMPTY), "value_bytes": len(EMPTY)}, [b"\0" * 4, EMPTY, EMPTY]),
+    "sparse-raw": ({"encoding": "sparse-raw", "entries": 0, "index_bytes": len(EMPTY), "value_bytes": 0}, [EMPTY, b""]),
+}
+
+
+@pytest.mark.parametrize("encoding", list(BOMBS))
+@pytest.mark.parametrize("count", [COUNT, 2**31, 2**60])
+def test_decompression_bombs_are_refused_from_the_header(encoding, count):
+    entry, sections = BOMBS[encoding]
+    data = bomb({"dtype": "float32", "shape": [count], "count": count, **entry}, sections)
+    start = time.perf_counter()
+    with pytest.raises(LimitError, match=f"tensor 't' \\({count} float32 values\\) brings the decoded size to "
+                                         f"{4 * count} bytes, over the limit of {DECODED_FLOOR}.*max_decoded_bytes"):
+        loads(data)
+    assert time.perf_counter() - start < 0.01
+
+
+def test_decoded_size_cap():
+    assert decoded_cap(1000) == DECODED_FLOOR and decoded_cap(10**6) == 2000 * 10**6
+    entry, sections = BOMBS["dense-packed"]
+    trusted = bomb({"dtype": "float32", "shape": [10**6], "count": 10**6, **entry}, sections)
+    assert not loads(trusted, max_decoded_bytes=4 * 10**6)[1]["t"].any()  # a trusted file: the caller raises it
+    small = dumps({"w": np.zeros(1000, np.float32)}, {})
+    assert loads(small, max_decoded_bytes=4000)[1]["w"].size == 1000
+    with pytest.raises(LimitError, match="over the limit of 3999 \\(max_decoded_bytes=3999\\)"):
+        loads(small, max_decoded_bytes=3999)
+    with pytest.raises(ConfigError, match="max_decoded_bytes must be"):
+        loads(small, max_decoded_bytes=-1)
+
+
+@pytest.mark.parametrize(("entry", "sections", "message"), [
+    ({"encoding": "dense", "codebook_size": 1, "codebook_bytes": 4, "value_bytes": 2}, [b"\0" * 4, b"\0\0"],
+     "value section of 2 bytes cannot hold 100 Huffman-coded symbols"),
+    ({"encoding": "sparse-raw", "entries": 100, "index_bytes": 12, "value_bytes": 400}, [b"\0" * 12, b"\0" * 400],
+     "index section of 12 bytes cannot hold 100 Huffman-coded symbols"),
+    ({"encoding": "raw", "raw_bytes": 4}, [b"\0" * 4], "raw section is 4 bytes, 100 float32 values need 400"),
+])
+def test_counts_must_fit_their_sections(entry, sections, message):
+    with pytest.raises(FormatError, match=f"tensor 't': {message}"):
+        loads(bomb({"dtype": "float32", "shape": [100], "count": 100, **entry}, sections))

@@ -165,7 +165,8 @@ def test_a_bad_quantize_edit_is_refused(lenet):
     model = copy.deepcopy(lenet)
     quantize_weights_(model)
     model.modelzip_arch["edits"][0]["kind"] = "fp4"
-    with pytest.raises(ModelError, match="quantize edit of layer 'conv1': unknown coded layer 'fp4'"):
+    with pytest.raises(ModelError, match="quantize edit of layer 'conv1': arch.edits\\[0\\].kind must be one of "
+                                         "'pq', 'uniform', found 'fp4'"):
         io.loads(io.dumps(model))
 
 
